@@ -1,0 +1,99 @@
+"""One address for every protocol, routed by the shape of each request (as SageMaker's clients
+all sign as `sagemaker`, the service cannot be read off the signature):
+
+- `X-Amz-Target: SageMaker.*`              -> the control plane (AWS JSON 1.1)
+- `GET /healthz`                           -> readiness
+- a method + path of a REST-JSON model     -> that service (sagemaker-metrics, ...)
+- anything else                            -> the S3 protocol over the object store
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from salvia.api.errors import error_response, new_request_id
+from salvia.api.json_protocol import JsonProtocol
+from salvia.api.rest_protocol import RestJsonProtocol
+from salvia.errors import UnknownOperationException
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        json_services: Sequence[JsonProtocol],
+        rest_services: Sequence[RestJsonProtocol],
+        fallback: ASGIApp | None,
+        on_startup: Sequence[Hook] = (),
+        on_shutdown: Sequence[Hook] = (),
+    ) -> None:
+        self.json_services = {service.prefix: service for service in json_services}
+        self.rest_services = list(rest_services)
+        self.fallback = fallback
+        self.on_startup = list(on_startup)
+        self.on_shutdown = list(on_shutdown)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        response = await self._route(scope, receive)
+        if response is None:
+            assert self.fallback is not None
+            await self.fallback(scope, receive, send)
+        else:
+            await response(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive) -> Response | None:
+        target = None
+        for name, value in scope["headers"]:
+            if name == b"x-amz-target":
+                target = value.decode("latin-1")
+                break
+        if target is not None:
+            service = self.json_services.get(target.partition(".")[0])
+            if service is None:
+                error = UnknownOperationException(f"Operation {target[:200]} is not recognized.")
+                return error_response(error, new_request_id())
+            return await service.handle(Request(scope, receive), target)
+        method, path = scope["method"], scope["path"]
+        if path == "/healthz" and method in {"GET", "HEAD"}:
+            return JSONResponse({"status": "ok"})
+        for rest in self.rest_services:
+            found = rest.match(method, path)
+            if found is not None:
+                return await rest.handle(Request(scope, receive), *found)
+        if self.fallback is None:
+            error = UnknownOperationException(f"No operation answers {method} {path[:200]}.")
+            return error_response(error, new_request_id())
+        return None
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for hook in self.on_startup:
+                        await hook()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for hook in self.on_shutdown:
+                    await hook()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,178 @@
+"""`salvia server | status | experiments list|describe`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from salvia.cli.tables import fields, table
+from salvia.config import DEFAULT_PORT, load_settings
+from salvia.runstate import read_state
+
+
+def _client(args: argparse.Namespace) -> Any:
+    import boto3  # a client of the public API, like any SageMaker user's code
+    from botocore.config import Config
+
+    settings = load_settings(home=args.home)
+    url = args.endpoint_url or os.environ.get("SALVIA_ENDPOINT_URL")
+    if not url:
+        state = read_state(settings) or {}
+        url = state.get("url") or f"http://127.0.0.1:{DEFAULT_PORT}"
+    return boto3.client(
+        "sagemaker",
+        endpoint_url=url,
+        region_name=settings.region,
+        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "salvia"),
+        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "salvia"),
+        config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
+    )
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from salvia.server import serve
+
+    serve(load_settings(home=args.home, host=args.host, port=args.port))
+    return 0
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=3) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = load_settings(home=args.home)
+    state = read_state(settings)
+    if state is None or not _alive(int(state.get("pid", 0))):
+        print(f"Salvia is not running (home {settings.home}).")
+        return 1
+    healthy = _healthy(state["url"])
+    uptime = int(time.time() - float(state.get("started", time.time())))
+    print(
+        fields(
+            [
+                ("status", "running" if healthy else "not answering"),
+                ("url", state["url"]),
+                ("pid", state["pid"]),
+                ("version", state.get("version")),
+                ("uptime", f"{uptime // 3600}h{uptime // 60 % 60:02d}m{uptime % 60:02d}s"),
+                ("home", state.get("home")),
+                ("database", state.get("database")),
+                ("object store", state.get("object_store")),
+            ]
+        )
+    )
+    return 0 if healthy else 1
+
+
+def cmd_experiments_list(args: argparse.Namespace) -> int:
+    client = _client(args)
+    rows = []
+    paginator = client.get_paginator("list_experiments")
+    for page in paginator.paginate(SortBy=args.sort_by, SortOrder=args.sort_order):
+        for item in page["ExperimentSummaries"]:
+            rows.append(
+                (
+                    item["ExperimentName"],
+                    item.get("DisplayName"),
+                    item.get("CreationTime"),
+                    item.get("LastModifiedTime"),
+                )  # fmt: skip
+            )
+    if not rows:
+        print("No experiments.")
+        return 0
+    print(table(("name", "display name", "created", "modified"), rows))
+    return 0
+
+
+def cmd_experiments_describe(args: argparse.Namespace) -> int:
+    client = _client(args)
+    from botocore.exceptions import ClientError
+
+    try:
+        item = client.describe_experiment(ExperimentName=args.name)
+        trials = client.list_trials(ExperimentName=args.name, MaxResults=100)["TrialSummaries"]
+    except ClientError as error:
+        print(f"error: {error.response['Error']['Message']}", file=sys.stderr)
+        return 1
+    print(
+        fields(
+            [
+                ("name", item["ExperimentName"]),
+                ("arn", item["ExperimentArn"]),
+                ("display name", item.get("DisplayName")),
+                ("description", item.get("Description")),
+                ("created", item.get("CreationTime")),
+                ("modified", item.get("LastModifiedTime")),
+                ("trials", len(trials)),
+            ]
+        )
+    )
+    if trials:
+        print()
+        print(
+            table(("trial", "created"), [(t["TrialName"], t.get("CreationTime")) for t in trials])
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="salvia", description=__doc__)
+    parser.add_argument(
+        "--home", help="Salvia's home directory (default $SALVIA_HOME or ~/.salvia)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    server = commands.add_parser("server", help="run the platform in the foreground")
+    server.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    server.add_argument("--port", type=int, help=f"port to listen on (default {DEFAULT_PORT})")
+    server.add_argument("--home", default=argparse.SUPPRESS, help="home directory")
+    server.set_defaults(func=cmd_server)
+
+    status = commands.add_parser("status", help="report what is running")
+    status.add_argument("--home", default=argparse.SUPPRESS, help="home directory")
+    status.set_defaults(func=cmd_status)
+
+    experiments = commands.add_parser("experiments", help="SageMaker Experiments")
+    experiments.add_argument("--endpoint-url", help="the server's URL (default: the running one)")
+    actions = experiments.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="list experiments")
+    listing.add_argument("--sort-by", choices=("CreationTime", "Name"), default="CreationTime")
+    listing.add_argument("--sort-order", choices=("Ascending", "Descending"), default="Descending")
+    listing.set_defaults(func=cmd_experiments_list)
+    describe = actions.add_parser("describe", help="describe one experiment and its trials")
+    describe.add_argument("name")
+    describe.set_defaults(func=cmd_experiments_describe)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "endpoint_url"):
+        args.endpoint_url = None
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

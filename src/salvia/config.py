@@ -1,0 +1,108 @@
+"""Settings, read in one place: environment variables over `<home>/config.toml` over defaults.
+
+Every other module receives a `Settings`; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8484
+_ACCOUNT = re.compile(r"\d{12}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path("~/.salvia").expanduser())
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    # SQLAlchemy URL; empty means SQLite at <home>/salvia.db
+    database_url: str = ""
+    # An S3-compatible endpoint for the object store; empty means the local directory <home>/objects
+    s3_endpoint_url: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    # "open" accepts any well-formed SigV4 signature without checking the key (real checks come later)
+    auth_mode: str = "open"
+    log_level: str = "info"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'salvia.db'}"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.home / "objects"
+
+    @property
+    def runtime_dir(self) -> Path:
+        """Scratch space of the running server (multipart parts, pid file); not user data."""
+        return self.home / "run"
+
+    def arn(self, resource_type: str, name: str) -> str:
+        return f"arn:aws:sagemaker:{self.region}:{self.account_id}:{resource_type}/{name}"
+
+    def validate(self) -> Settings:
+        if not _ACCOUNT.fullmatch(self.account_id):
+            raise ValueError(f"account_id must be 12 digits, got {self.account_id!r}")
+        if not _REGION.fullmatch(self.region):
+            raise ValueError(f"region must look like us-east-1, got {self.region!r}")
+        if self.auth_mode not in {"open"}:
+            raise ValueError(f"auth_mode must be 'open', got {self.auth_mode!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        return self
+
+
+_ENV = {
+    "SALVIA_HOME": "home",
+    "SALVIA_HOST": "host",
+    "SALVIA_PORT": "port",
+    "SALVIA_REGION": "region",
+    "SALVIA_ACCOUNT_ID": "account_id",
+    "SALVIA_DATABASE_URL": "database_url",
+    "SALVIA_S3_ENDPOINT_URL": "s3_endpoint_url",
+    "SALVIA_S3_ACCESS_KEY_ID": "s3_access_key_id",
+    "SALVIA_S3_SECRET_ACCESS_KEY": "s3_secret_access_key",
+    "SALVIA_AUTH_MODE": "auth_mode",
+    "SALVIA_LOG_LEVEL": "log_level",
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "home":
+        return Path(str(value)).expanduser().resolve()
+    if name == "port":
+        return int(value)
+    return str(value)
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Defaults, then `<home>/config.toml`, then `SALVIA_*` variables, then explicit overrides."""
+    env = os.environ if env is None else env
+    known = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    home = overrides.get("home") or env.get("SALVIA_HOME") or Settings().home
+    config_file = Path(str(home)).expanduser() / "config.toml"
+    if config_file.is_file():
+        with config_file.open("rb") as fh:
+            for key, value in tomllib.load(fh).items():
+                if key not in known:
+                    raise ValueError(f"{config_file}: unknown setting {key!r}")
+                values[key] = value
+    for var, name in _ENV.items():
+        if env.get(var):
+            values[name] = env[var]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["home"] = home if "home" not in values else values["home"]
+    coerced = {k: _coerce(k, v) for k, v in values.items()}
+    return replace(Settings(), **coerced).validate()

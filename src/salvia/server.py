@@ -1,0 +1,128 @@
+"""Assembles the platform: stores, resource families, protocols, and the HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+import botocore.session
+import uvicorn
+from botocore.model import ServiceModel
+
+from salvia import __version__
+from salvia.api.json_protocol import JsonProtocol
+from salvia.api.rest_protocol import RestJsonProtocol
+from salvia.api.router import Router
+from salvia.api.s3 import S3Protocol
+from salvia.clock import Clock
+from salvia.config import Settings
+from salvia.resources.common import ResourceContext
+from salvia.resources.experiments import Experiments
+from salvia.resources.metrics import Metrics
+from salvia.resources.registry import Handler, collect
+from salvia.resources.tags import Tags
+from salvia.resources.trial_components import TrialComponents
+from salvia.runstate import clear_state, write_state
+from salvia.store.metadata import MetadataStore
+from salvia.store.objects import ObjectStore, object_store_from_settings
+from salvia.store.sql import SqlMetadataStore
+
+log = logging.getLogger("salvia")
+
+# Request threads: the store's calls block, so each request runs its operation in a worker
+# thread; the limit bounds the database connections one server opens.
+WORKER_THREADS = 32
+
+
+@functools.cache
+def service_model(name: str) -> ServiceModel:
+    return botocore.session.get_session().get_service_model(name)
+
+
+@dataclass
+class Platform:
+    """The running pieces of one server, so tests and the CLI can reach and close them."""
+
+    settings: Settings
+    store: MetadataStore
+    objects: ObjectStore
+    app: Router
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def create_platform(settings: Settings) -> Platform:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.runtime_dir.mkdir(parents=True, exist_ok=True)
+    store = SqlMetadataStore(settings.sqlalchemy_url)
+    objects = object_store_from_settings(settings)
+    ctx = ResourceContext(settings=settings, store=store, clock=Clock())
+
+    experiments = Experiments(ctx)
+    sagemaker_handlers = collect(experiments, TrialComponents(ctx, experiments), Tags(ctx))
+    metrics_handlers = collect(Metrics(ctx))
+
+    limiter = anyio.CapacityLimiter(WORKER_THREADS)
+
+    async def run(handler: Handler, params: dict[str, Any]) -> dict[str, Any]:
+        return await anyio.to_thread.run_sync(handler, params, limiter=limiter)
+
+    app = Router(
+        json_services=[JsonProtocol(service_model("sagemaker"), sagemaker_handlers, run)],
+        rest_services=[
+            RestJsonProtocol(service_model("sagemaker-metrics"), metrics_handlers, run),
+            RestJsonProtocol(service_model("sagemaker-runtime"), {}, run),
+            RestJsonProtocol(service_model("sagemaker-featurestore-runtime"), {}, run),
+        ],
+        fallback=S3Protocol(objects, settings.runtime_dir / "multipart"),
+    )
+    return Platform(settings=settings, store=store, objects=objects, app=app)
+
+
+def serve(settings: Settings) -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM, then shut down cleanly."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    platform = create_platform(settings)
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    port = sock.getsockname()[1]
+
+    async def announce() -> None:
+        record = {
+            "pid": os.getpid(),
+            "url": f"http://{settings.host}:{port}",
+            "home": str(settings.home),
+            "database": settings.sqlalchemy_url.split("@")[-1],
+            "object_store": settings.s3_endpoint_url or str(settings.objects_dir),
+            "version": __version__,
+            "started": time.time(),
+        }
+        write_state(settings, record)
+        log.info("Salvia %s listening on %s (home %s)", __version__, record["url"], settings.home)
+
+    async def retire() -> None:
+        clear_state(settings)
+
+    platform.app.on_startup.append(announce)
+    platform.app.on_shutdown.append(retire)
+    config = uvicorn.Config(
+        platform.app,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        platform.close()
+        clear_state(settings)

@@ -1,0 +1,1 @@
+"""Durable state: the metadata store (SQL) and the object store (fsspec)."""
