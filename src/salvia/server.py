@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from salvia.config import Settings
 from salvia.resources.common import ResourceContext
 from salvia.resources.experiments import Experiments
 from salvia.resources.metrics import Metrics
-from salvia.resources.registry import Handler, collect
+from salvia.resources.registry import Handler, collect, is_read_only
 from salvia.resources.tags import Tags
 from salvia.resources.trial_components import TrialComponents
 from salvia.runstate import clear_state, write_state
@@ -35,8 +36,8 @@ from salvia.store.sql import SqlMetadataStore
 
 log = logging.getLogger("salvia")
 
-# Request threads: the store's calls block, so each request runs its operation in a worker
-# thread; the limit bounds the database connections one server opens.
+# Mutating operations run in worker threads (they may wait on a row lock); the limit bounds
+# the database connections one server opens. Read-only ones run on the event loop.
 WORKER_THREADS = 32
 
 
@@ -72,6 +73,8 @@ def create_platform(settings: Settings) -> Platform:
     limiter = anyio.CapacityLimiter(WORKER_THREADS)
 
     async def run(handler: Handler, params: dict[str, Any]) -> dict[str, Any]:
+        if is_read_only(handler):
+            return handler(params)
         return await anyio.to_thread.run_sync(handler, params, limiter=limiter)
 
     app = Router(
@@ -121,6 +124,10 @@ def serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal once it has
+    # restored the previous handlers; these make that a normal exit (status 0) after cleanup.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

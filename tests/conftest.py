@@ -1,0 +1,160 @@
+"""Fixtures that start the real Salvia server on a free loopback port and drive it with boto3.
+
+Every integration test runs once per metadata backend: SQLite always, PostgreSQL when
+SALVIA_TEST_POSTGRES_URL names a server (`make test` sets it when one answers locally).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+POSTGRES_URL = os.environ.get("SALVIA_TEST_POSTGRES_URL", "")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SalviaServer:
+    """A `salvia server` subprocess with its own home and database."""
+
+    def __init__(self, home: Path, database_url: str = "") -> None:
+        self.home = home
+        self.database_url = database_url
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> SalviaServer:
+        env = {**os.environ, "SALVIA_HOME": str(self.home), "SALVIA_LOG_LEVEL": "warning"}
+        env.pop("SALVIA_DATABASE_URL", None)
+        if self.database_url:
+            env["SALVIA_DATABASE_URL"] = self.database_url
+        with (self.home / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "salvia.cli.main", "server", "--port", str(self.port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def restart(self) -> SalviaServer:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        path = self.home / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def client(self, service: str = "sagemaker", **config: Any) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            # the server, not boto3, must reject bad input: client-side checks are off
+            config=Config(
+                retries={"max_attempts": 1, "mode": "standard"},
+                parameter_validation=False,
+                **config,
+            ),
+        )
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres" and not POSTGRES_URL:
+        pytest.skip("SALVIA_TEST_POSTGRES_URL is not set")
+    return str(request.param)
+
+
+def fresh_database(backend: str) -> tuple[str, Any]:
+    """A new, empty database for one server: SQLite by file, PostgreSQL by CREATE DATABASE."""
+    if backend == "sqlite":
+        return "", lambda: None
+    from sqlalchemy import create_engine, text
+
+    name = f"salvia_test_{uuid.uuid4().hex[:12]}"
+    admin_url = POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name, drop
+
+
+@pytest.fixture(scope="module")
+def server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SalviaServer]:
+    """One server per test module and backend; tests use unique names so they can share it."""
+    url, drop = fresh_database(backend)
+    instance = SalviaServer(tmp_path_factory.mktemp("home"), url).start()
+    yield instance
+    instance.stop()
+    drop()
+
+
+@pytest.fixture
+def own_server(backend: str, tmp_path: Path) -> Iterator[SalviaServer]:
+    """A server of the test's own, for tests that restart it or need an empty database."""
+    url, drop = fresh_database(backend)
+    instance = SalviaServer(tmp_path / "home", url)
+    instance.home.mkdir()
+    instance.start()
+    yield instance
+    if instance.process is not None and instance.process.poll() is None:
+        instance.stop()
+    drop()
+
+
+@pytest.fixture
+def sm(server: SalviaServer) -> Any:
+    return server.client()
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
