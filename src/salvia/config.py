@@ -31,7 +31,7 @@ class Settings:
     s3_endpoint_url: str = ""
     s3_access_key_id: str = ""
     s3_secret_access_key: str = ""
-    # "open" accepts any well-formed SigV4 signature without checking the key (real checks come later)
+    # "open" accepts any well-formed SigV4 signature without checking keys (checks come later)
     auth_mode: str = "open"
     log_level: str = "info"
 
@@ -103,6 +103,6 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         if env.get(var):
             values[name] = env[var]
     values.update({k: v for k, v in overrides.items() if v is not None})
-    values["home"] = home if "home" not in values else values["home"]
+    values["home"] = values.get("home", home)
     coerced = {k: _coerce(k, v) for k, v in values.items()}
     return replace(Settings(), **coerced).validate()

@@ -11,6 +11,16 @@ from botocore.exceptions import ClientError
 from tests.conftest import SalviaServer
 
 
+def insert_until(
+    server: SalviaServer, prefix: str, stop: threading.Event, inserted: list[str]
+) -> None:
+    writer = server.client()
+    while not stop.is_set() and len(inserted) < 200:
+        name = f"new-{prefix}-{len(inserted):03d}"
+        writer.create_experiment(ExperimentName=name)
+        inserted.append(name)
+
+
 def test_pagination_across_250_items_with_concurrent_inserts(own_server: SalviaServer) -> None:
     sm = own_server.client()
     existing = {f"page-{i:03d}" for i in range(250)}
@@ -22,14 +32,8 @@ def test_pagination_across_250_items_with_concurrent_inserts(own_server: SalviaS
         stop = threading.Event()
         inserted: list[str] = []
 
-        def insert_meanwhile(prefix: str = f"{sort_by}-{order}".lower()) -> None:
-            writer = own_server.client()
-            while not stop.is_set() and len(inserted) < 200:
-                name = f"new-{prefix}-{len(inserted):03d}"
-                writer.create_experiment(ExperimentName=name)
-                inserted.append(name)
-
-        thread = threading.Thread(target=insert_meanwhile)
+        prefix = f"{sort_by}-{order}".lower()
+        thread = threading.Thread(target=insert_until, args=(own_server, prefix, stop, inserted))
         thread.start()
         seen: list[str] = []
         try:

@@ -24,9 +24,11 @@ def error_of(excinfo: pytest.ExceptionInfo[ClientError]) -> tuple[str, str, int]
 def test_experiment_lifecycle(sm: Any) -> None:
     name = unique("exp")
     arn = sm.create_experiment(
-        ExperimentName=name, DisplayName="My-experiment", Description="first",
+        ExperimentName=name,
+        DisplayName="My-experiment",
+        Description="first",
         Tags=[{"Key": "team", "Value": "ml"}],
-    )["ExperimentArn"]  # fmt: skip
+    )["ExperimentArn"]
     assert arn == f"arn:aws:sagemaker:us-east-1:123456789012:experiment/{name}"
 
     described = sm.describe_experiment(ExperimentName=name)
@@ -73,7 +75,7 @@ def test_missing_resources_answer_resource_not_found(sm: Any) -> None:
     ):
         with pytest.raises(sm.exceptions.ResourceNotFound) as excinfo:
             call()
-        code, message, status = error_of(excinfo)
+        _, message, status = error_of(excinfo)
         assert status == 400 and "does not exist" in message
 
 
@@ -82,8 +84,9 @@ def test_trials_belong_to_experiments(sm: Any) -> None:
     sm.create_experiment(ExperimentName=experiment)
     trials = [unique("trial") for _ in range(3)]
     for trial in trials:
-        sm.create_trial(TrialName=trial, ExperimentName=experiment,
-                        MetadataProperties={"CommitId": "abc123"})  # fmt: skip
+        sm.create_trial(
+            TrialName=trial, ExperimentName=experiment, MetadataProperties={"CommitId": "abc123"}
+        )
     described = sm.describe_trial(TrialName=trials[0])
     assert described["ExperimentName"] == experiment
     assert described["MetadataProperties"] == {"CommitId": "abc123"}
@@ -210,7 +213,7 @@ def test_metrics_logged_to_a_trial_component_are_read_back(server: Any) -> None:
                     "Timestamp": now + step,
                     "Step": step,
                     "Value": 1.0 / (step + 1),
-                }  # fmt: skip
+                }
                 for step in range(batch * 10, batch * 10 + 10)
             ],
         )
@@ -247,7 +250,7 @@ def test_metrics_logged_to_a_trial_component_are_read_back(server: Any) -> None:
                 "ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:"
                 "experiment-trial-component/none",
             },
-        ]  # fmt: skip
+        ]
     )["MetricQueryResults"]
     by_step, by_hour, missing = results
     assert by_step["Status"] == "Complete"

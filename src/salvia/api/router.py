@@ -28,6 +28,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
 
 
+def _is_aws_json(scope: Scope) -> bool:
+    """A body declared as AWS JSON can only be meant for a JSON-protocol service, never S3."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.startswith(b"application/x-amz-json")
+    return False
+
+
 class Router:
     def __init__(
         self,
@@ -70,6 +78,9 @@ class Router:
                 return error_response(error, new_request_id())
             return await service.handle(Request(scope, receive), target)
         method, path = scope["method"], scope["path"]
+        if method == "POST" and path == "/" and _is_aws_json(scope):
+            error = UnknownOperationException("The X-Amz-Target header is missing.")
+            return error_response(error, new_request_id())
         if path == "/healthz" and method in {"GET", "HEAD"}:
             return JSONResponse({"status": "ok"})
         for rest in self.rest_services:

@@ -23,7 +23,7 @@ def shape_output(shape: Shape | None, value: Any) -> Any:
             return {}
         if shape.metadata.get("document"):
             return value
-        members = shape.members  # type: ignore[attr-defined]
+        members = shape.members
         out = {}
         for name, item in value.items():
             member = members.get(name)
@@ -31,9 +31,9 @@ def shape_output(shape: Shape | None, value: Any) -> Any:
                 out[name] = shape_output(member, item)
         return out
     if kind == "list":
-        return [shape_output(shape.member, item) for item in value]  # type: ignore[attr-defined]
+        return [shape_output(shape.member, item) for item in value]
     if kind == "map":
-        return {k: shape_output(shape.value, v) for k, v in value.items()}  # type: ignore[attr-defined]
+        return {k: shape_output(shape.value, v) for k, v in value.items()}
     if kind == "timestamp":
         return value.timestamp() if isinstance(value, datetime) else value
     if kind == "blob":

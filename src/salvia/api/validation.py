@@ -62,7 +62,7 @@ class RequestValidator:
 
     def __init__(self) -> None:
         self._patterns: dict[str, regex.Pattern[str]] = {}
-        self._scalars: dict[str, Callable[[Any, str, list[str]], Any]] = {
+        self._scalars: dict[str, Callable[[Shape, Any, str, list[str]], Any]] = {
             "string": self._string,
             "integer": self._integer,
             "long": self._integer,
@@ -87,11 +87,11 @@ class RequestValidator:
     def _value(self, shape: Shape, value: Any, path: str, errors: list[str]) -> Any:
         kind = shape.type_name
         if kind == "structure":
-            return self._structure(shape, value, path, errors)  # type: ignore[arg-type]
+            return self._structure(shape, value, path, errors)
         if kind == "list":
-            return self._list(shape, value, path, errors)  # type: ignore[arg-type]
+            return self._list(shape, value, path, errors)
         if kind == "map":
-            return self._map(shape, value, path, errors)  # type: ignore[arg-type]
+            return self._map(shape, value, path, errors)
         return self._scalars[kind](shape, value, path, errors)
 
     @staticmethod

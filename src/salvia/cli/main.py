@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,8 +39,27 @@ def _client(args: argparse.Namespace) -> Any:
 def cmd_server(args: argparse.Namespace) -> int:
     from salvia.server import serve
 
-    serve(load_settings(home=args.home, host=args.host, port=args.port))
+    settings = load_settings(home=args.home, host=args.host, port=args.port)
+    if args.demo:
+        threading.Thread(target=_seed_demo_when_ready, args=(settings,), daemon=True).start()
+    serve(settings)
     return 0
+
+
+def _seed_demo_when_ready(settings: Any) -> None:
+    from salvia.demo import seed_demo
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = read_state(settings)
+        if state and _healthy(state["url"]):
+            try:
+                seed_demo(state["url"], settings.region)
+                print(f"Salvia is ready at {state['url']} (demo experiment 'salvia-demo')")
+            except Exception as error:  # the demo is a convenience: never take the server down
+                print(f"demo seeding failed: {error}", file=sys.stderr)
+            return
+        time.sleep(0.2)
 
 
 def _healthy(url: str) -> bool:
@@ -97,7 +117,7 @@ def cmd_experiments_list(args: argparse.Namespace) -> int:
                     item.get("DisplayName"),
                     item.get("CreationTime"),
                     item.get("LastModifiedTime"),
-                )  # fmt: skip
+                )
             )
     if not rows:
         print("No experiments.")
@@ -148,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     server.add_argument("--port", type=int, help=f"port to listen on (default {DEFAULT_PORT})")
     server.add_argument("--home", default=argparse.SUPPRESS, help="home directory")
+    server.add_argument("--demo", action="store_true", help="seed a demo experiment once up")
     server.set_defaults(func=cmd_server)
 
     status = commands.add_parser("status", help="report what is running")

@@ -153,7 +153,7 @@ def list_page(
     result_key: str,
     summarize: Callable[[Record], dict[str, Any]],
 ) -> dict[str, Any]:
-    page: Page = ctx.store.list(query)
+    page: Page = ctx.store.list_records(query)
     response: dict[str, Any] = {result_key: [summarize(record) for record in page.records]}
     if page.next_cursor is not None:
         response["NextToken"] = encode_token(query, page.next_cursor)

@@ -106,7 +106,7 @@ class Experiments:
     @operation("DeleteExperiment")
     def delete_experiment(self, request: dict[str, Any]) -> dict[str, Any]:
         record = self.experiment(request["ExperimentName"])
-        trials = self.ctx.store.list(ListQuery(kind=TRIAL, parent=record.name_key, limit=1))
+        trials = self.ctx.store.list_records(ListQuery(kind=TRIAL, parent=record.name_key, limit=1))
         if trials.records:
             raise ValidationException(
                 f"Experiment '{record.arn}' still has trials; delete its trials first."

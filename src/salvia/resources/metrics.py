@@ -70,9 +70,9 @@ class Metrics:
             if (start is None or p.timestamp >= start) and (end is None or p.timestamp <= end)
         ]
         by_step = query["XAxisType"] == "IterationNumber"
-        if by_step or query["Period"] == "IterationNumber":
-            if any(p.step is None for p in points):
-                return _failed("Some points of this metric were logged without a Step.")
+        needs_steps = by_step or query["Period"] == "IterationNumber"
+        if needs_steps and any(p.step is None for p in points):
+            return _failed("Some points of this metric were logged without a Step.")
         buckets: dict[int, list[MetricPoint]] = {}
         for point in points:
             if query["Period"] == "IterationNumber":

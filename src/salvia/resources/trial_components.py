@@ -117,7 +117,7 @@ class TrialComponents:
         arns: list[str] = []
         query = ListQuery(kind="experiment-trial", parent=experiment_key, limit=1000)
         while True:
-            page = self.ctx.store.list(query)
+            page = self.ctx.store.list_records(query)
             arns.extend(record.arn for record in page.records)
             if page.next_cursor is None:
                 return arns

@@ -115,7 +115,7 @@ class MetadataStore(abc.ABC):
         """Delete a record with its tags, associations and metrics; the deleted record or None."""
 
     @abc.abstractmethod
-    def list(self, query: ListQuery) -> Page: ...
+    def list_records(self, query: ListQuery) -> Page: ...
 
     # Tags, keyed by ARN. `set_tags` overwrites values of existing keys.
     @abc.abstractmethod

@@ -89,33 +89,59 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
-class _Prepared:
-    """A select compiled once for the engine's dialect and run on a per-thread raw connection.
+class _ThreadConnections:
+    """One autocommit driver connection per thread, outside the pool, closed with the store."""
 
-    Describe* is the API's hottest path; skipping SQLAlchemy's statement, pool and result
-    machinery for its two lookups roughly halves their cost. The connection is autocommit, so
-    each lookup sees the latest committed state and never holds a transaction open.
-    """
-
-    def __init__(self, statement: Select[Any], engine: Engine, local: threading.local) -> None:
-        compiled = statement.compile(dialect=engine.dialect)
-        self.sql = str(compiled)
-        self.positional = compiled.positiontup  # None for named paramstyles (psycopg)
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.local = local
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.opened: list[Any] = []
 
-    def _connection(self) -> Any:
-        raw = getattr(self.local, "connection", None)
+    def get(self) -> Any:
+        raw: Any = getattr(self.local, "connection", None)
         if raw is None:
             proxied = self.engine.raw_connection()
             raw = proxied.driver_connection
-            proxied.detach()  # this thread's own connection from now on, outside the pool
+            proxied.detach()  # this thread's own connection from now on
             if self.engine.dialect.name == "sqlite":
                 raw.isolation_level = None
             else:
                 raw.autocommit = True
             self.local.connection = raw
+            with self.lock:
+                self.opened.append(raw)
         return raw
+
+    def discard(self) -> None:
+        raw: Any = getattr(self.local, "connection", None)
+        self.local.connection = None
+        with contextlib.suppress(Exception):
+            raw.close()
+
+    def close_all(self) -> None:
+        with self.lock:
+            opened, self.opened = self.opened, []
+        for raw in opened:
+            with contextlib.suppress(Exception):
+                raw.close()
+
+
+class _Prepared:
+    """A select compiled once for the engine's dialect and run on a per-thread connection.
+
+    Describe* is the API's hottest path; skipping SQLAlchemy's statement, pool and result
+    machinery for its two lookups doubles the API's throughput. The connection is autocommit,
+    so each lookup sees the latest committed state and never holds a transaction open.
+    """
+
+    def __init__(self, statement: Select[Any], connections: _ThreadConnections) -> None:
+        engine = connections.engine
+        compiled = statement.compile(dialect=engine.dialect)
+        self.sql = str(compiled)
+        self.positional = compiled.positiontup  # None for named paramstyles (psycopg)
+        self.errors = engine.dialect.loaded_dbapi.Error
+        self.connections = connections
 
     def first(self, **params: Any) -> Any:
         if self.positional is not None:
@@ -123,16 +149,14 @@ class _Prepared:
         else:
             args = params
         try:
-            cursor = self._connection().cursor()
+            cursor = self.connections.get().cursor()
             try:
                 cursor.execute(self.sql, args)
                 row = cursor.fetchone()
             finally:
                 cursor.close()
-        except Exception as exc:
-            if not isinstance(exc, self.engine.dialect.loaded_dbapi.Error):
-                raise
-            self.local.connection = None  # a broken connection is replaced on the next call
+        except self.errors as exc:
+            self.connections.discard()  # a broken connection is replaced on the next call
             raise ThrottlingException(f"The metadata store is busy: {exc}") from exc
         return None if row is None else _Row(*row)
 
@@ -167,9 +191,9 @@ class SqlMetadataStore(MetadataStore):
             R.c.kind == bindparam("kind"), R.c.name_key == bindparam("name_key")
         )
         by_arn = select(*_COLUMNS).where(R.c.arn == bindparam("arn"))
-        local = threading.local()
-        self._get_by_name = _Prepared(by_name, self._engine, local)
-        self._get_by_arn = _Prepared(by_arn, self._engine, local)
+        self._connections = _ThreadConnections(self._engine)
+        self._get_by_name = _Prepared(by_name, self._connections)
+        self._get_by_arn = _Prepared(by_arn, self._connections)
 
     @property
     def engine(self) -> Engine:
@@ -264,10 +288,10 @@ class SqlMetadataStore(MetadataStore):
             )
         return record
 
-    def list(self, query: ListQuery) -> Page:
+    def list_records(self, query: ListQuery) -> Page:
         if query.sort_by not in SORT_COLUMNS:
             raise ValueError(f"cannot sort by {query.sort_by!r}")
-        column = R.c[query.sort_by]
+        column: Any = R.c[query.sort_by]
         if query.sort_by == "status":
             column = func.coalesce(column, "")
         conditions = [R.c.kind == query.kind]
@@ -415,7 +439,7 @@ class SqlMetadataStore(MetadataStore):
         aggregates = (
             select(
                 m.c.name,
-                func.count().label("count"),
+                func.count().label("points"),
                 func.min(m.c.value).label("minimum"),
                 func.max(m.c.value).label("maximum"),
                 func.avg(m.c.value).label("average"),
@@ -435,12 +459,12 @@ class SqlMetadataStore(MetadataStore):
                     .limit(1)
                 ).one()
                 mean = float(row.average)
-                variance = float(row.squares) / row.count - mean * mean if row.count > 1 else 0.0
-                sample = variance * row.count / (row.count - 1) if row.count > 1 else 0.0
+                variance = float(row.squares) / row.points - mean * mean if row.points > 1 else 0.0
+                sample = variance * row.points / (row.points - 1) if row.points > 1 else 0.0
                 summaries.append(
                     MetricSummary(
                         name=row.name,
-                        count=row.count,
+                        count=row.points,
                         minimum=row.minimum,
                         maximum=row.maximum,
                         average=mean,
@@ -452,4 +476,5 @@ class SqlMetadataStore(MetadataStore):
         return summaries
 
     def close(self) -> None:
+        self._connections.close_all()
         self._engine.dispose()
