@@ -57,6 +57,7 @@ class Platform:
 
     def close(self) -> None:
         self.store.close()
+        self.objects.close()
 
 
 def create_platform(settings: Settings) -> Platform:
@@ -84,7 +85,7 @@ def create_platform(settings: Settings) -> Platform:
             RestJsonProtocol(service_model("sagemaker-runtime"), {}, run),
             RestJsonProtocol(service_model("sagemaker-featurestore-runtime"), {}, run),
         ],
-        fallback=S3Protocol(objects, settings.runtime_dir / "multipart"),
+        fallback=S3Protocol(objects, settings.runtime_dir / "s3", region=settings.region),
     )
     return Platform(settings=settings, store=store, objects=objects, app=app)
 

@@ -27,8 +27,12 @@ def test_pagination_across_250_items_with_concurrent_inserts(own_server: SalviaS
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda name: sm.create_experiment(ExperimentName=name), sorted(existing)))
 
-    for sort_by, order in [("CreationTime", "Descending"), ("CreationTime", "Ascending"),
-                           ("Name", "Ascending"), ("Name", "Descending")]:  # fmt: skip
+    for sort_by, order in [
+        ("CreationTime", "Descending"),
+        ("CreationTime", "Ascending"),
+        ("Name", "Ascending"),
+        ("Name", "Descending"),
+    ]:
         stop = threading.Event()
         inserted: list[str] = []
 
@@ -107,8 +111,9 @@ def test_twenty_threads_creating_and_listing(own_server: SalviaServer) -> None:
 
 def test_state_survives_a_restart(own_server: SalviaServer) -> None:
     sm = own_server.client()
-    arn = sm.create_experiment(ExperimentName="durable", Description="kept",
-                               Tags=[{"Key": "k", "Value": "v"}])["ExperimentArn"]  # fmt: skip
+    arn = sm.create_experiment(
+        ExperimentName="durable", Description="kept", Tags=[{"Key": "k", "Value": "v"}]
+    )["ExperimentArn"]
     sm.create_trial(TrialName="durable-trial", ExperimentName="durable")
     before = sm.describe_experiment(ExperimentName="durable")
 

@@ -17,12 +17,27 @@ from botocore.model import Shape
 from tests.conftest import SalviaServer
 
 IMPLEMENTED = [
-    "CreateExperiment", "DescribeExperiment", "ListExperiments", "UpdateExperiment",
-    "DeleteExperiment", "CreateTrial", "DescribeTrial", "ListTrials", "UpdateTrial", "DeleteTrial",
-    "CreateTrialComponent", "DescribeTrialComponent", "ListTrialComponents",
-    "UpdateTrialComponent", "DeleteTrialComponent", "AssociateTrialComponent",
-    "DisassociateTrialComponent", "AddTags", "ListTags", "DeleteTags",
-]  # fmt: skip
+    "CreateExperiment",
+    "DescribeExperiment",
+    "ListExperiments",
+    "UpdateExperiment",
+    "DeleteExperiment",
+    "CreateTrial",
+    "DescribeTrial",
+    "ListTrials",
+    "UpdateTrial",
+    "DeleteTrial",
+    "CreateTrialComponent",
+    "DescribeTrialComponent",
+    "ListTrialComponents",
+    "UpdateTrialComponent",
+    "DeleteTrialComponent",
+    "AssociateTrialComponent",
+    "DisassociateTrialComponent",
+    "AddTags",
+    "ListTags",
+    "DeleteTags",
+]
 SIGNED = (
     "AWS4-HMAC-SHA256 Credential=fuzz/20261123/us-east-1/sagemaker/aws4_request, "
     "SignedHeaders=host;x-amz-date;x-amz-target, Signature=" + "0" * 64
@@ -79,19 +94,33 @@ def malformed_requests(seed: int = 2) -> Iterator[tuple[str, dict[str, str], byt
             body = {name: "x" * rng.randrange(300, 200_000) for name in members}
             yield target, headers, json.dumps(body).encode()
         elif kind == 5:  # the X-Amz-Target header missing, garbled, or of another service
-            broken = rng.choice([None, "SageMaker.", "SageMaker", "sagemaker.ListExperiments",
-                                 f"SageMaker.{operation.name}Please", "Logs_20140328.Nope",
-                                 "\u00e9\u00e8"])  # fmt: skip
+            broken = rng.choice(
+                [
+                    None,
+                    "SageMaker.",
+                    "SageMaker",
+                    "sagemaker.ListExperiments",
+                    f"SageMaker.{operation.name}Please",
+                    "Logs_20140328.Nope",
+                    "\u00e9\u00e8",
+                ]
+            )
             bad_headers = dict(json_headers)
             if broken is not None:
                 bad_headers["X-Amz-Target"] = broken
             yield str(broken), bad_headers, b"{}"
         elif kind == 6:  # malformed signatures
-            broken_auth = rng.choice([
-                "AWS4-HMAC-SHA256", "AWS4-HMAC-SHA256 Credential=x", "Bearer token",
-                SIGNED.replace("aws4_request", "nope"), SIGNED.replace("0" * 64, "0" * 63),
-                SIGNED.replace("20261123", "2026-11-23"), "",
-            ])  # fmt: skip
+            broken_auth = rng.choice(
+                [
+                    "AWS4-HMAC-SHA256",
+                    "AWS4-HMAC-SHA256 Credential=x",
+                    "Bearer token",
+                    SIGNED.replace("aws4_request", "nope"),
+                    SIGNED.replace("0" * 64, "0" * 63),
+                    SIGNED.replace("20261123", "2026-11-23"),
+                    "",
+                ]
+            )
             yield target, {**headers, "Authorization": broken_auth}, b"{}"
         else:  # deeply nested or numerically absurd JSON
             depth = rng.randrange(50, 3000)

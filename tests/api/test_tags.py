@@ -18,8 +18,9 @@ def test_tags_on_each_experiments_resource(sm: Any) -> None:
         sm.create_trial_component(TrialComponentName=component)["TrialComponentArn"],
     ]
     for arn in arns:
-        added = sm.add_tags(ResourceArn=arn, Tags=[{"Key": "a", "Value": "1"},
-                                                   {"Key": "b", "Value": "2"}])  # fmt: skip
+        added = sm.add_tags(
+            ResourceArn=arn, Tags=[{"Key": "a", "Value": "1"}, {"Key": "b", "Value": "2"}]
+        )
         assert added["Tags"] == [{"Key": "a", "Value": "1"}, {"Key": "b", "Value": "2"}]
         sm.add_tags(ResourceArn=arn, Tags=[{"Key": "a", "Value": "changed"}])
         assert sm.list_tags(ResourceArn=arn)["Tags"] == [

@@ -33,8 +33,9 @@ def test_status_and_experiments_commands(own_server: SalviaServer) -> None:
     sm.create_experiment(ExperimentName="cli-one", Description="the first")
     sm.create_experiment(ExperimentName="cli-two")
     sm.create_trial(TrialName="cli-one-trial", ExperimentName="cli-one")
-    listing = salvia("experiments", "list", "--sort-by", "Name", "--sort-order", "Ascending",
-                     home=home)  # fmt: skip
+    listing = salvia(
+        "experiments", "list", "--sort-by", "Name", "--sort-order", "Ascending", home=home
+    )
     lines = listing.stdout.splitlines()
     assert lines[0].split()[:2] == ["NAME", "DISPLAY"]
     assert [line.split()[0] for line in lines[1:]] == ["cli-one", "cli-two"]

@@ -25,9 +25,13 @@ def store(backend: str, tmp_path: pytest.TempPathFactory) -> Iterator[MetadataSt
 
 def record(name: str, created: float, kind: str = "thing", **extra: object) -> Record:
     return Record(
-        kind=kind, name=name, arn=f"arn:aws:sagemaker:us-east-1:123456789012:{kind}/{name}",
-        creation_time=created, last_modified_time=created, body={"Name": name, **extra},
-    )  # fmt: skip
+        kind=kind,
+        name=name,
+        arn=f"arn:aws:sagemaker:us-east-1:123456789012:{kind}/{name}",
+        creation_time=created,
+        last_modified_time=created,
+        body={"Name": name, **extra},
+    )
 
 
 class TestMetadataStoreContract:
@@ -106,8 +110,9 @@ class TestMetadataStoreContract:
 
     def test_metrics_summary(self, store: MetadataStore) -> None:
         r = store.create(record("run", 1.0))
-        store.put_metrics(r.arn, [MetricPoint("loss", float(t), v, t)
-                                  for t, v in enumerate([4.0, 2.0, 3.0])])  # fmt: skip
+        store.put_metrics(
+            r.arn, [MetricPoint("loss", float(t), v, t) for t, v in enumerate([4.0, 2.0, 3.0])]
+        )
         (summary,) = store.summarize_metrics(r.arn)
         assert (summary.count, summary.minimum, summary.maximum) == (3, 2.0, 4.0)
         assert summary.last == 3.0 and summary.average == pytest.approx(3.0)

@@ -85,10 +85,17 @@ def create_record(
 def _fingerprint(query: ListQuery) -> str:
     """Ties a NextToken to the query that issued it, so it cannot be replayed on another."""
     parts = (
-        query.kind, query.name_contains, query.created_after, query.created_before,
-        query.modified_after, query.modified_before, query.status, query.parent,
-        query.sort_by, query.descending,
-    )  # fmt: skip
+        query.kind,
+        query.name_contains,
+        query.created_after,
+        query.created_before,
+        query.modified_after,
+        query.modified_before,
+        query.status,
+        query.parent,
+        query.sort_by,
+        query.descending,
+    )
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 

@@ -43,8 +43,17 @@ from salvia.store.metadata import (
 from salvia.store.migrate import upgrade_to_head
 
 R = schema.resources
-_COLUMNS = (R.c.id, R.c.kind, R.c.name, R.c.arn, R.c.status, R.c.parent,
-            R.c.creation_time, R.c.last_modified_time, R.c.body)  # fmt: skip
+_COLUMNS = (
+    R.c.id,
+    R.c.kind,
+    R.c.name,
+    R.c.arn,
+    R.c.status,
+    R.c.parent,
+    R.c.creation_time,
+    R.c.last_modified_time,
+    R.c.body,
+)
 
 
 def _escape_like(text: str) -> str:
