@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from salvia.config import Settings
+from salvia.jsonfile import read_json, write_json
 
 
 def state_file(settings: Settings) -> Path:
@@ -15,10 +14,7 @@ def state_file(settings: Settings) -> Path:
 
 
 def write_state(settings: Settings, record: dict[str, Any]) -> None:
-    path = state_file(settings)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_bytes(orjson.dumps(record))
-    temporary.replace(path)
+    write_json(state_file(settings), record)
 
 
 def clear_state(settings: Settings) -> None:
@@ -26,8 +22,4 @@ def clear_state(settings: Settings) -> None:
 
 
 def read_state(settings: Settings) -> dict[str, Any] | None:
-    try:
-        data = orjson.loads(state_file(settings).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json(state_file(settings))

@@ -12,11 +12,9 @@ for LocalObjectStore), not S3's MD5-of-MD5s with a part count; clients treat ETa
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from salvia.api.s3_xml import S3Error
+from salvia.jsonfile import read_json, write_json
 from salvia.store.objects import utc_from_timestamp
 
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -69,14 +68,14 @@ class MultipartUploads:
             "metadata": metadata,
             "initiated": upload.initiated.isoformat(),
         }
-        _write_json(directory / "upload.json", record)
+        write_json(directory / "upload.json", record)
         return upload
 
     def get(self, upload_id: str, bucket: str, key: str) -> Upload:
         """The upload, which must be for this bucket and key; NoSuchUpload otherwise."""
         record = None
         if _UPLOAD_ID.fullmatch(upload_id):
-            record = _read_json(self.root / upload_id / "upload.json")
+            record = read_json(self.root / upload_id / "upload.json")
         if record is None or (record["bucket"], record["key"]) != (bucket, key):
             raise S3Error(
                 "NoSuchUpload",
@@ -106,7 +105,7 @@ class MultipartUploads:
         st = part_path.stat()
         record = {"etag": md5_hex, "stamp": [st.st_ino, st.st_size]}
         try:
-            _write_json(directory / f"{number:05d}.json", record)
+            write_json(directory / f"{number:05d}.json", record)
         except FileNotFoundError:
             raise S3Error("NoSuchUpload", "The upload was aborted or completed meanwhile") from None
         return Part(number, md5_hex, st.st_size, utc_from_timestamp(st.st_mtime), part_path)
@@ -116,7 +115,7 @@ class MultipartUploads:
         found = []
         for record_path in sorted(directory.glob("[0-9][0-9][0-9][0-9][0-9].json")):
             part_path = record_path.with_suffix(".part")
-            record = _read_json(record_path)
+            record = read_json(record_path)
             try:
                 st = part_path.stat()
             except FileNotFoundError:
@@ -203,23 +202,3 @@ class ConcatenatedParts:
         if self._current is not None:
             self._current.close()
             self._current = None
-
-
-def _write_json(path: Path, record: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(record, out)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        with path.open() as fh:
-            record = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None

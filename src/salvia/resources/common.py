@@ -37,6 +37,30 @@ class ResourceContext:
         # SageMaker lower-cases the name part of the ARNs it issues.
         return self.settings.arn(resource_type, name.lower())
 
+    def new_record(
+        self,
+        kind: str,
+        name: str,
+        body: dict[str, Any],
+        *,
+        arn_member: str,
+        parent: str | None = None,
+        status: str | None = None,
+    ) -> Record:
+        """A record created now, named by its kind's ARN, which `body` carries as `arn_member`."""
+        now = self.clock.now()
+        arn = self.arn(kind, name)
+        return Record(
+            kind=kind,
+            name=name,
+            arn=arn,
+            creation_time=now,
+            last_modified_time=now,
+            body={**body, arn_member: arn},
+            parent=parent,
+            status=status,
+        )
+
 
 def to_datetime(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)

@@ -60,20 +60,16 @@ class Experiments:
     @operation("CreateExperiment")
     def create_experiment(self, request: dict[str, Any]) -> dict[str, Any]:
         name = request["ExperimentName"]
-        now = self.ctx.clock.now()
-        record = Record(
-            kind=EXPERIMENT,
-            name=name,
-            arn=self.ctx.arn(EXPERIMENT, name),
-            creation_time=now,
-            last_modified_time=now,
-            body={
+        record = self.ctx.new_record(
+            EXPERIMENT,
+            name,
+            {
                 "ExperimentName": name,
                 "DisplayName": request.get("DisplayName", name),
                 "Description": request.get("Description"),
             },
+            arn_member="ExperimentArn",
         )
-        record.body["ExperimentArn"] = record.arn
         create_record(
             self.ctx, record, request.get("Tags"), f"Experiment '{record.arn}' already exists."
         )
@@ -121,22 +117,18 @@ class Experiments:
     def create_trial(self, request: dict[str, Any]) -> dict[str, Any]:
         experiment = self.experiment(request["ExperimentName"])
         name = request["TrialName"]
-        now = self.ctx.clock.now()
-        record = Record(
-            kind=TRIAL,
-            name=name,
-            arn=self.ctx.arn(TRIAL, name),
-            creation_time=now,
-            last_modified_time=now,
-            parent=experiment.name_key,
-            body={
+        record = self.ctx.new_record(
+            TRIAL,
+            name,
+            {
                 "TrialName": name,
                 "DisplayName": request.get("DisplayName", name),
                 "ExperimentName": experiment.name,
                 "MetadataProperties": request.get("MetadataProperties"),
             },
+            arn_member="TrialArn",
+            parent=experiment.name_key,
         )
-        record.body["TrialArn"] = record.arn
         create_record(
             self.ctx, record, request.get("Tags"), f"Trial '{record.arn}' already exists."
         )

@@ -36,16 +36,11 @@ class TrialComponents:
     @operation("CreateTrialComponent")
     def create_trial_component(self, request: dict[str, Any]) -> dict[str, Any]:
         name = request["TrialComponentName"]
-        now = self.ctx.clock.now()
         status = request.get("Status")
-        record = Record(
-            kind=TRIAL_COMPONENT,
-            name=name,
-            arn=self.ctx.arn(TRIAL_COMPONENT, name),
-            creation_time=now,
-            last_modified_time=now,
-            status=(status or {}).get("PrimaryStatus"),
-            body={
+        record = self.ctx.new_record(
+            TRIAL_COMPONENT,
+            name,
+            {
                 "TrialComponentName": name,
                 "DisplayName": request.get("DisplayName", name),
                 "Status": status,
@@ -54,8 +49,9 @@ class TrialComponents:
                 "MetadataProperties": request.get("MetadataProperties"),
                 **{member: request.get(member, {}) for member in _MAPS},
             },
+            arn_member="TrialComponentArn",
+            status=(status or {}).get("PrimaryStatus"),
         )
-        record.body["TrialComponentArn"] = record.arn
         create_record(
             self.ctx, record, request.get("Tags"), f"Trial component '{record.arn}' already exists."
         )

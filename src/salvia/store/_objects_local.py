@@ -17,7 +17,6 @@ sidecar rewritten. A file system cannot hold both `a` and `a/b`, nor keys with e
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from salvia.jsonfile import read_json, write_json
 from salvia.store.objects import (
     DEFAULT_CONTENT_TYPE,
     BucketAlreadyExists,
@@ -81,7 +81,7 @@ class LocalObjectStore(ObjectStore):
             shutil.rmtree(meta_dir, ignore_errors=True)  # leftovers of a bucket removed by hand
             meta_dir.mkdir(parents=True)
             created = datetime.now(UTC).isoformat()
-            self._write_json(meta_dir / _BUCKET_FILE, {"created": created})
+            write_json(meta_dir / _BUCKET_FILE, {"created": created}, self._tmp_root)
 
     def delete_bucket(self, bucket: str) -> None:
         with self._lock:
@@ -108,7 +108,7 @@ class LocalObjectStore(ObjectStore):
                 validate_bucket_name(entry.name)
             except InvalidBucketName:
                 continue  # a directory made by hand that S3 could not name
-            record = self._read_json(self._meta_root / entry.name / _BUCKET_FILE)
+            record = read_json(self._meta_root / entry.name / _BUCKET_FILE)
             if record:
                 created = datetime.fromisoformat(record["created"])
             else:
@@ -181,7 +181,7 @@ class LocalObjectStore(ObjectStore):
                 self._bucket_dir(bucket)
                 raise NoSuchKey(f"s3://{bucket}/{key}") from None
             st = os.fstat(fh.fileno())
-            record = self._read_json(meta_path)
+            record = read_json(meta_path)
         try:
             if record is None or record.get("stamp") != _stamp(st):
                 record = self._adopt(data_path, meta_path, fh, st)
@@ -283,7 +283,7 @@ class LocalObjectStore(ObjectStore):
         self, data_path: Path, meta_path: Path, fh: Any, st: os.stat_result
     ) -> dict[str, Any]:
         """A data file without a valid sidecar: hash it, and record it if it is still there."""
-        record = self._read_json(meta_path) or {}
+        record = read_json(meta_path) or {}
         record = {
             "etag": file_md5(fh),
             "content_type": record.get("content_type", DEFAULT_CONTENT_TYPE),
@@ -309,26 +309,7 @@ class LocalObjectStore(ObjectStore):
         meta_path.parent.mkdir(parents=True, exist_ok=True)
         if meta_path.is_dir():
             shutil.rmtree(meta_path)
-        self._write_json(meta_path, record)
-
-    def _write_json(self, path: Path, record: dict[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._tmp_root)
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(record, out)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    @staticmethod
-    def _read_json(path: Path) -> dict[str, Any] | None:
-        try:
-            with path.open() as fh:
-                record = json.load(fh)
-        except (OSError, ValueError):
-            return None
-        return record if isinstance(record, dict) else None
+        write_json(meta_path, record, self._tmp_root)
 
 
 def _check_parts(key: str, parts: list[str]) -> None:
