@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
 
 class Clock:
@@ -27,3 +30,20 @@ class Clock:
     @staticmethod
     def new_id() -> str:
         return uuid.uuid4().hex
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """Epoch seconds (what the json protocol sends) or ISO-8601; None when neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or abs(value) > 253402300799:
+            return None
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None

@@ -67,8 +67,10 @@ class NotImplementedOperation(SalviaError):
 
     code = "NotImplementedException"
 
-    def __init__(self, operation: str, service: str = "SageMaker") -> None:
-        super().__init__(f"{service} operation {operation} is not implemented by Salvia yet.")
+    def __init__(self, operation: str, service: str = "SageMaker", detail: str = "") -> None:
+        super().__init__(
+            detail or f"{service} operation {operation} is not implemented by Salvia yet."
+        )
         self.operation = operation
 
 

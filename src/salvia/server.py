@@ -24,9 +24,10 @@ from salvia.api.s3 import S3Protocol
 from salvia.clock import Clock
 from salvia.config import Settings
 from salvia.resources.common import ResourceContext
-from salvia.resources.experiments import Experiments
+from salvia.resources.experiments import EXPERIMENT, TRIAL, TRIAL_COMPONENT, Experiments
 from salvia.resources.metrics import Metrics
 from salvia.resources.registry import Handler, collect, is_read_only
+from salvia.resources.search import Search, Searchable
 from salvia.resources.tags import Tags
 from salvia.resources.trial_components import TrialComponents
 from salvia.runstate import clear_state, write_state
@@ -68,7 +69,18 @@ def create_platform(settings: Settings) -> Platform:
     ctx = ResourceContext(settings=settings, store=store, clock=Clock())
 
     experiments = Experiments(ctx)
-    sagemaker_handlers = collect(experiments, TrialComponents(ctx, experiments), Tags(ctx))
+    components = TrialComponents(ctx, experiments)
+    search = Search(
+        ctx,
+        {
+            "Experiment": Searchable(EXPERIMENT, "Experiment", experiments.experiment_document),
+            "ExperimentTrial": Searchable(TRIAL, "Trial", experiments.trial_document),
+            "ExperimentTrialComponent": Searchable(
+                TRIAL_COMPONENT, "TrialComponent", components.document
+            ),
+        },
+    )
+    sagemaker_handlers = collect(experiments, components, Tags(ctx), search)
     metrics_handlers = collect(Metrics(ctx))
 
     limiter = anyio.CapacityLimiter(WORKER_THREADS)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import regex
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 
+from salvia.clock import parse_timestamp
 from salvia.errors import ValidationException
 
 _MAX_SHOWN = 100
@@ -38,23 +37,6 @@ def java_pattern(pattern: str) -> regex.Pattern[str]:
     translated = pattern.replace(r"\uD800\uDC00-\uDBFF\uDFFF", r"\U00010000-\U0010FFFF")
     translated = regex.sub(r"\$\{\d+,\d+\}", "$", translated)  # "...)${1,256}" means "...)$"
     return regex.compile(translated, regex.DOTALL)
-
-
-def parse_timestamp(value: Any) -> datetime | None:
-    """Epoch seconds (what the json protocol sends) or ISO-8601; None when neither."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or abs(value) > 253402300799:
-            return None
-        return datetime.fromtimestamp(value, UTC)
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return None
 
 
 class RequestValidator:

@@ -80,6 +80,10 @@ def name_from(name_or_arn: str, resource_type: str) -> str:
     return name_or_arn
 
 
+def tag_list(ctx: ResourceContext, arn: str) -> list[dict[str, str]]:
+    return [{"Key": key, "Value": value} for key, value in ctx.store.get_tags(arn)]
+
+
 def tag_pairs(tags: Sequence[dict[str, str]] | None) -> list[tuple[str, str]]:
     pairs = [(tag["Key"], tag.get("Value", "")) for tag in tags or ()]
     for key, _ in pairs:

@@ -16,8 +16,10 @@ from salvia.resources.common import (
     list_page,
     list_query,
     name_from,
+    tag_list,
 )
 from salvia.resources.registry import operation
+from salvia.resources.search import Document
 from salvia.store.metadata import ListQuery, Record
 
 EXPERIMENT = "experiment"
@@ -54,6 +56,36 @@ class Experiments:
             arn = self.ctx.arn(TRIAL, name_from(name, TRIAL))
             raise ResourceNotFound(f"Trial '{arn}' does not exist.")
         return record
+
+    # --- search documents -------------------------------------------------------------------
+
+    def experiment_document(self, record: Record) -> Document:
+        return Document(
+            record, _describe_common(record), {"Tags": lambda: tag_list(self.ctx, record.arn)}
+        )
+
+    def trial_document(self, record: Record) -> Document:
+        def components() -> list[dict[str, Any]]:
+            edges = self.ctx.store.associated(IN_TRIAL, destinations=[record.arn])
+            summaries = []
+            for source, _ in edges:
+                component = self.ctx.store.get_by_arn(source)
+                if component is not None:
+                    summaries.append(
+                        {
+                            "TrialComponentName": component.name,
+                            "TrialComponentArn": component.arn,
+                            "TrialComponentSource": component.body.get("Source"),
+                            "CreationTime": component.creation_time,
+                        }
+                    )
+            return summaries
+
+        lazy = {
+            "Tags": lambda: tag_list(self.ctx, record.arn),
+            "TrialComponentSummaries": components,
+        }
+        return Document(record, _describe_common(record), lazy)
 
     # --- experiments ------------------------------------------------------------------------
 

@@ -12,9 +12,11 @@ from salvia.resources.common import (
     list_page,
     list_query,
     name_from,
+    tag_list,
 )
 from salvia.resources.experiments import IN_TRIAL, TRIAL_COMPONENT, Experiments
 from salvia.resources.registry import operation
+from salvia.resources.search import Document
 from salvia.store.metadata import ListQuery, Record
 
 _MAPS = ("Parameters", "InputArtifacts", "OutputArtifacts")
@@ -57,10 +59,8 @@ class TrialComponents:
         )
         return {"TrialComponentArn": record.arn}
 
-    @operation("DescribeTrialComponent")
-    def describe_trial_component(self, request: dict[str, Any]) -> dict[str, Any]:
-        record = self.component(request["TrialComponentName"])
-        metrics = [
+    def metric_summaries(self, record: Record) -> list[dict[str, Any]]:
+        return [
             {
                 "MetricName": summary.name,
                 "SourceArn": record.arn,
@@ -74,11 +74,38 @@ class TrialComponents:
             }
             for summary in self.ctx.store.summarize_metrics(record.arn)
         ]
+
+    def parents(self, record: Record) -> list[dict[str, Any]]:
+        parents = []
+        for _, trial_arn in self.ctx.store.associated(IN_TRIAL, sources=[record.arn]):
+            trial = self.ctx.store.get_by_arn(trial_arn)
+            if trial is not None:
+                parents.append(
+                    {"TrialName": trial.name, "ExperimentName": trial.body.get("ExperimentName")}
+                )
+        return parents
+
+    def document(self, record: Record) -> Document:
+        members = {
+            **record.body,
+            "CreationTime": record.creation_time,
+            "LastModifiedTime": record.last_modified_time,
+        }
+        lazy = {
+            "Metrics": lambda: self.metric_summaries(record),
+            "Parents": lambda: self.parents(record),
+            "Tags": lambda: tag_list(self.ctx, record.arn),
+        }
+        return Document(record, members, lazy)
+
+    @operation("DescribeTrialComponent")
+    def describe_trial_component(self, request: dict[str, Any]) -> dict[str, Any]:
+        record = self.component(request["TrialComponentName"])
         return {
             **record.body,
             "CreationTime": record.creation_time,
             "LastModifiedTime": record.last_modified_time,
-            "Metrics": metrics,
+            "Metrics": self.metric_summaries(record),
         }
 
     @operation("ListTrialComponents")
