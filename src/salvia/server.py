@@ -135,6 +135,8 @@ def serve(settings: Settings) -> None:
         platform.app,
         log_level=settings.log_level.lower(),
         access_log=False,
+        # Salvia answers clients directly; trusting X-Forwarded-* would only cost time
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal once it has

@@ -5,11 +5,13 @@ In the default "open" mode any well-formed signature is accepted; checking keys 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from salvia.errors import IncompleteSignature
 
 ALGORITHM = "AWS4-HMAC-SHA256"
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,7 @@ def parse_authorization(header: str | None) -> Credential | None:
             "Credential should be scoped to a valid region, date, service and 'aws4_request'."
         )
     signature = params["Signature"]
-    if len(signature) != 64 or any(c not in "0123456789abcdef" for c in signature):
+    if not _SIGNATURE.fullmatch(signature):
         raise IncompleteSignature("Signature must be 64 lowercase hexadecimal characters.")
     date = scope[1]
     if len(date) != 8 or not date.isdigit():
