@@ -31,12 +31,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's standalone server: a real S3-compatible endpoint, for the S3 object-store backend."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path_factory.mktemp("moto") / "moto.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start (exit {proc.poll()})") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 class SalviaServer:
     """A `salvia server` subprocess with its own home and database."""
 
-    def __init__(self, home: Path, database_url: str = "") -> None:
+    def __init__(
+        self, home: Path, database_url: str = "", env: dict[str, str] | None = None
+    ) -> None:
         self.home = home
         self.database_url = database_url
+        self.extra_env = env or {}
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -49,6 +79,7 @@ class SalviaServer:
         env.pop("SALVIA_DATABASE_URL", None)
         if self.database_url:
             env["SALVIA_DATABASE_URL"] = self.database_url
+        env.update(self.extra_env)
         with (self.home / "server.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "salvia.cli.main", "server", "--port", str(self.port)],
