@@ -34,6 +34,10 @@ class Settings:
     # "open" accepts any well-formed SigV4 signature without checking keys (checks come later)
     auth_mode: str = "open"
     log_level: str = "info"
+    # where job instances run: "local" processes or a "ray" cluster
+    executor: str = "local"
+    # the Ray cluster's address for executor="ray"; empty starts a local one
+    ray_address: str = ""
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -58,6 +62,8 @@ class Settings:
             raise ValueError(f"region must look like us-east-1, got {self.region!r}")
         if self.auth_mode not in {"open"}:
             raise ValueError(f"auth_mode must be 'open', got {self.auth_mode!r}")
+        if self.executor not in {"local", "ray"}:
+            raise ValueError(f"executor must be 'local' or 'ray', got {self.executor!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         return self
@@ -75,6 +81,8 @@ _ENV = {
     "SALVIA_S3_SECRET_ACCESS_KEY": "s3_secret_access_key",
     "SALVIA_AUTH_MODE": "auth_mode",
     "SALVIA_LOG_LEVEL": "log_level",
+    "SALVIA_EXECUTOR": "executor",
+    "SALVIA_RAY_ADDRESS": "ray_address",
 }
 
 

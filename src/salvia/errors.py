@@ -11,7 +11,9 @@
     ├── UnknownOperationException  an X-Amz-Target that no service model knows
     ├── NotImplementedOperation    in the model, not in Salvia yet (HTTP 501)
     ├── IncompleteSignature        a malformed Authorization header
-    └── InternalFailure            a bug of ours; logged with its traceback, answered as 500
+    ├── InternalFailure            a bug of ours; logged with its traceback, answered as 500
+    ├── ResourceNotFoundException  CloudWatch Logs' "not found" (a missing log group or stream)
+    └── InvalidParameterException  CloudWatch Logs' bad input (its ValidationException)
 
 The HTTP status of each code is decided per protocol in `salvia.api.errors`; nothing below `api/`
 knows about HTTP. Storage layers translate driver errors into these before they escape.
@@ -86,3 +88,15 @@ class AlreadyExists(SalviaError):
     """Raised by stores on a duplicate key; each resource family rewords it the SageMaker way."""
 
     code = "ValidationException"
+
+
+class ResourceNotFoundException(SalviaError):
+    """The "not found" of CloudWatch Logs, spelt as that service spells it (SageMaker's differs)."""
+
+    code = "ResourceNotFoundException"
+
+
+class InvalidParameterException(SalviaError):
+    """CloudWatch Logs' answer to input it cannot use, where SageMaker says ValidationException."""
+
+    code = "InvalidParameterException"

@@ -24,6 +24,7 @@ class LogEvent:
     timestamp: int  # epoch milliseconds
     message: str
     offset: int  # byte offset of the line in its file: a stable position for paging
+    end: int = 0  # byte offset just past the line: where the next read starts
 
 
 def stream_path(logs_root: Path, group: str, stream: str) -> Path:
@@ -51,7 +52,9 @@ def read(path: Path, start_offset: int = 0) -> Iterator[LogEvent]:
                 return
             try:
                 record = orjson.loads(line)
-                yield LogEvent(int(record["timestamp"]), str(record["message"]), offset)
+                yield LogEvent(
+                    int(record["timestamp"]), str(record["message"]), offset, offset + len(line)
+                )
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 pass  # a damaged line is skipped, never fatal to reading the rest
             offset += len(line)

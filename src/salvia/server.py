@@ -22,18 +22,23 @@ from salvia.api.rest_protocol import RestJsonProtocol
 from salvia.api.router import Router
 from salvia.api.s3 import S3Protocol
 from salvia.clock import Clock
+from salvia.compute.factory import executor_from_settings
+from salvia.compute.runtimes import RuntimeRegistry
 from salvia.config import Settings
 from salvia.resources.common import ResourceContext
 from salvia.resources.experiments import EXPERIMENT, TRIAL, TRIAL_COMPONENT, Experiments
+from salvia.resources.logs import CloudWatchLogs
 from salvia.resources.metrics import Metrics
 from salvia.resources.registry import Handler, collect, is_read_only
 from salvia.resources.search import Search, Searchable
 from salvia.resources.tags import Tags
+from salvia.resources.training import TrainingJobs
 from salvia.resources.trial_components import TrialComponents
 from salvia.runstate import clear_state, write_state
 from salvia.store.metadata import MetadataStore
 from salvia.store.objects import ObjectStore, object_store_from_settings
 from salvia.store.sql import SqlMetadataStore
+from salvia.training.engine import EngineContext, TrainingEngine
 
 log = logging.getLogger("salvia")
 
@@ -55,8 +60,16 @@ class Platform:
     store: MetadataStore
     objects: ObjectStore
     app: Router
+    training: TrainingEngine
+
+    def start(self, public_url: str) -> None:
+        """Begin background work: jobs a previous server left running are re-attached."""
+        self.training.ctx.public_url = public_url
+        self.training.recover()
 
     def close(self) -> None:
+        self.training.shutdown()
+        self.training.ctx.executor.close()
         self.store.close()
         self.objects.close()
 
@@ -80,7 +93,20 @@ def create_platform(settings: Settings) -> Platform:
             ),
         },
     )
-    sagemaker_handlers = collect(experiments, components, Tags(ctx), search)
+    clock = ctx.clock
+    training = TrainingEngine(
+        EngineContext(
+            settings=settings,
+            store=store,
+            objects=objects,
+            executor=executor_from_settings(settings),
+            runtimes=RuntimeRegistry(),
+            clock=clock,
+        )
+    )
+    training_jobs = TrainingJobs(ctx, training, experiments)
+    training.ctx.on_finished = training_jobs.on_finished
+    sagemaker_handlers = collect(experiments, components, Tags(ctx), search, training_jobs)
     metrics_handlers = collect(Metrics(ctx))
 
     limiter = anyio.CapacityLimiter(WORKER_THREADS)
@@ -91,7 +117,10 @@ def create_platform(settings: Settings) -> Platform:
         return await anyio.to_thread.run_sync(handler, params, limiter=limiter)
 
     app = Router(
-        json_services=[JsonProtocol(service_model("sagemaker"), sagemaker_handlers, run)],
+        json_services=[
+            JsonProtocol(service_model("sagemaker"), sagemaker_handlers, run),
+            JsonProtocol(service_model("logs"), collect(CloudWatchLogs(settings)), run),
+        ],
         rest_services=[
             RestJsonProtocol(service_model("sagemaker-metrics"), metrics_handlers, run),
             RestJsonProtocol(service_model("sagemaker-runtime"), {}, run),
@@ -99,7 +128,7 @@ def create_platform(settings: Settings) -> Platform:
         ],
         fallback=S3Protocol(objects, settings.runtime_dir / "s3", region=settings.region),
     )
-    return Platform(settings=settings, store=store, objects=objects, app=app)
+    return Platform(settings=settings, store=store, objects=objects, app=app, training=training)
 
 
 def serve(settings: Settings) -> None:
@@ -124,6 +153,7 @@ def serve(settings: Settings) -> None:
             "started": time.time(),
         }
         write_state(settings, record)
+        await anyio.to_thread.run_sync(platform.start, str(record["url"]))
         log.info("Salvia %s listening on %s (home %s)", __version__, record["url"], settings.home)
 
     async def retire() -> None:

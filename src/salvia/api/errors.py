@@ -21,6 +21,8 @@ JSON_STATUS: dict[str, int] = {
     "ThrottlingException": 400,
     "UnknownOperationException": 400,
     "IncompleteSignatureException": 400,
+    "ResourceNotFoundException": 400,  # CloudWatch Logs' modeled errors: 400 there too
+    "InvalidParameterException": 400,
     "NotImplementedException": 501,
     "InternalFailure": 500,
 }

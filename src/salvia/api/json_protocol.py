@@ -98,7 +98,7 @@ class JsonProtocol:
         parse_authorization(request.headers.get("authorization"))
         handler = self.handlers.get(name)
         if handler is None:
-            raise NotImplementedOperation(name)
+            raise NotImplementedOperation(name, self.model.service_id)
         operation = self.operation(name)
         params = self.validator.validate(
             operation.input_shape, parse_json_object(await read_body(request))

@@ -1,4 +1,4 @@
-"""`salvia server | status | experiments list|describe`."""
+"""`salvia server | status | experiments list|describe | logs`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from salvia.config import DEFAULT_PORT, load_settings
 from salvia.runstate import read_state
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace, service: str = "sagemaker") -> Any:
     import boto3  # a client of the public API, like any SageMaker user's code
     from botocore.config import Config
 
@@ -27,7 +27,7 @@ def _client(args: argparse.Namespace) -> Any:
         state = read_state(settings) or {}
         url = state.get("url") or f"http://127.0.0.1:{DEFAULT_PORT}"
     return boto3.client(
-        "sagemaker",
+        service,
         endpoint_url=url,
         region_name=settings.region,
         aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "salvia"),
@@ -157,6 +157,80 @@ def cmd_experiments_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a training job's logs, as CloudWatch serves them; with --follow, until it ends."""
+    from botocore.exceptions import ClientError
+
+    logs, sagemaker = _client(args, "logs"), _client(args)
+    tokens: dict[str, str | None] = {}  # stream -> the forward token to read on from
+    status, warned = None, False
+    try:
+        while True:
+            if args.follow:
+                # asked before the logs are read, so none written before the end are missed
+                status, reason = _training_status(sagemaker, args.job)
+                if status is None and not warned:
+                    print(f"note: {reason}; following its logs until Ctrl-C", file=sys.stderr)
+                    warned = True
+            try:
+                for stream in _log_streams(logs, args.job):
+                    tokens.setdefault(stream, None)
+            except ClientError as error:
+                if error.response["Error"]["Code"] != "ResourceNotFoundException":
+                    raise
+            events: list[tuple[int, str, str]] = []
+            for stream, token in tokens.items():
+                found, tokens[stream] = _new_events(logs, stream, token)
+                events.extend((event["timestamp"], stream, event["message"]) for event in found)
+            for _, stream, message in sorted(events, key=lambda item: item[0]):
+                print(message if len(tokens) == 1 else f"[{stream}] {message}", flush=True)
+            if not args.follow:
+                if not tokens:
+                    print(f"No logs for training job {args.job}.", file=sys.stderr)
+                    return 1
+                return 0
+            if status in {"Completed", "Failed", "Stopped"}:
+                print(f"Training job {args.job} {status.lower()}.", file=sys.stderr)
+                return 1 if status == "Failed" else 0
+            time.sleep(args.poll)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _training_status(client: Any, job: str) -> tuple[str | None, str]:
+    """The job's status, or None and why it is not known (not found, not implemented)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return client.describe_training_job(TrainingJobName=job)["TrainingJobStatus"], ""
+    except ClientError as error:
+        why = error.response["Error"]["Message"]
+        return None, f"the status of training job {job} is unknown ({why})"
+
+
+def _log_streams(client: Any, job: str) -> list[str]:
+    paginator = client.get_paginator("describe_log_streams")
+    pages = paginator.paginate(logGroupName=TRAINING_LOG_GROUP, logStreamNamePrefix=f"{job}/")
+    return [stream["logStreamName"] for page in pages for stream in page["logStreams"]]
+
+
+def _new_events(client: Any, stream: str, token: str | None) -> tuple[list[Any], str | None]:
+    """Every event after `token`: CloudWatch signals the end by a forward token that stays put."""
+    events: list[Any] = []
+    while True:
+        position = {"nextToken": token} if token else {}
+        page = client.get_log_events(
+            logGroupName=TRAINING_LOG_GROUP, logStreamName=stream, startFromHead=True, **position
+        )
+        events.extend(page["events"])
+        if page["nextForwardToken"] == token or not page["events"]:
+            return events, page["nextForwardToken"]
+        token = page["nextForwardToken"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="salvia", description=__doc__)
     parser.add_argument(
@@ -185,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     describe = actions.add_parser("describe", help="describe one experiment and its trials")
     describe.add_argument("name")
     describe.set_defaults(func=cmd_experiments_describe)
+
+    job_logs = commands.add_parser("logs", help="print a training job's logs")
+    job_logs.add_argument("job", help="the training job's name")
+    job_logs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+    job_logs.add_argument("--poll", type=float, default=2.0, help="seconds between polls")
+    job_logs.add_argument("--endpoint-url", help="the server's URL (default: the running one)")
+    job_logs.set_defaults(func=cmd_logs)
     return parser
 
 
