@@ -23,6 +23,12 @@ from salvia.errors import ValidationException
 
 _MAX_SHOWN = 100
 
+# Values Salvia accepts beyond the model's enums: the SageMaker SDK's `local` instance types,
+# which run a job on this machine without a catalog type's limits.
+EXTRA_ENUM_VALUES: dict[str, tuple[str, ...]] = {
+    "TrainingInstanceType": ("local", "local_gpu"),
+}
+
 
 def _camel(name: str) -> str:
     return name[:1].lower() + name[1:]
@@ -148,7 +154,7 @@ class RequestValidator:
             self._fail(errors, value, path, "Member must be a string")
             return value
         enum = shape.metadata.get("enum")
-        if enum and value not in enum:
+        if enum and value not in enum and value not in EXTRA_ENUM_VALUES.get(shape.name, ()):
             allowed = ", ".join(enum)
             self._fail(errors, value, path, f"Member must satisfy enum value set: [{allowed}]")
             return value
