@@ -29,10 +29,16 @@ def pack(directories: Sequence[Path], destination: Path) -> Path:
 
 
 def upload_archive(
-    objects: ObjectStore, directories: Sequence[Path], url: str, scratch: Path
+    objects: ObjectStore,
+    directories: Sequence[Path],
+    url: str,
+    scratch: Path,
+    *,
+    even_if_empty: bool = False,
 ) -> str | None:
-    """Pack and upload (the store's put is atomic); None when there is nothing to pack."""
-    if not any(d.is_dir() and any(d.iterdir()) for d in directories):
+    """Pack and upload (the store's put is atomic); None when there is nothing to pack, unless
+    `even_if_empty` (a completed job always gets a model.tar.gz, as on SageMaker)."""
+    if not even_if_empty and not any(d.is_dir() and any(d.iterdir()) for d in directories):
         return None
     scratch.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=scratch, suffix=".tar.gz")

@@ -154,10 +154,8 @@ class JobRun(threading.Thread):
         started: list[_Instance] = []
         try:
             for spec in prepared.specs:
+                # when /opt/ml could not be mounted, the executor logs the notice itself
                 handle = self.ctx.executor.start(spec)
-                if not handle.opt_ml_mounted:
-                    with spec.log_path.open("ab") as raw:
-                        raw.write(b"")  # the launcher writes the user-facing notice itself
                 started.append(
                     _Instance(spec.host, spec.workdir, handle.handle, prepared.events[spec.host])
                 )
@@ -194,6 +192,8 @@ class JobRun(threading.Thread):
                 "InternalServerError: the Salvia server restarted and the job's instances "
                 "were gone when it came back."
             )
+        if record.body.get("TrainingJobStatus") == "Stopping":
+            self.request_stop("user")  # a stop asked of the previous server still stands
         checkpoints = instances.checkpoint_syncs(self.ctx, record)
         offsets = record.body.get("_LogOffsets", {})
         for instance in running:  # rebuild final metric values without storing points twice
@@ -382,14 +382,15 @@ class JobRun(threading.Thread):
         scratch = self.ctx.settings.runtime_dir / "artifacts"
         members: dict[str, Any] = {}
         model_dirs = [h / "model" for h in hosts]
-        if outcome.status == "Completed" or any(
-            d.is_dir() and any(d.iterdir()) for d in model_dirs
-        ):
-            url = join_url(output, "model.tar.gz")
-            _empty_ok(model_dirs)
-            upload_archive(self.ctx.objects, model_dirs, url, scratch) or _upload_empty(
-                self.ctx, url, scratch
-            )
+        completed = outcome.status == "Completed"
+        url = upload_archive(
+            self.ctx.objects,
+            model_dirs,
+            join_url(output, "model.tar.gz"),
+            scratch,
+            even_if_empty=completed,
+        )
+        if url:
             members["ModelArtifacts"] = {"S3ModelArtifacts": url}
         upload_archive(
             self.ctx.objects,
@@ -417,22 +418,3 @@ def _last_line(path: Path) -> str:
         if event.message.strip():
             last = event.message.strip()
     return last[:400]
-
-
-def _empty_ok(directories: list[Path]) -> None:
-    for directory in directories:
-        directory.mkdir(parents=True, exist_ok=True)
-
-
-def _upload_empty(ctx: Any, url: str, scratch: Path) -> str:
-    """A job that saved nothing still gets a (valid, empty) model.tar.gz, as on SageMaker."""
-    from salvia.training.artifacts import pack
-
-    scratch.mkdir(parents=True, exist_ok=True)
-    empty = scratch / f"empty-{threading.get_ident()}"
-    empty.mkdir(exist_ok=True)
-    archive = pack([empty], scratch / f"empty-{threading.get_ident()}.tar.gz")
-    ctx.objects.put_file(url, archive, content_type="application/x-gzip")
-    archive.unlink(missing_ok=True)
-    shutil.rmtree(empty, ignore_errors=True)
-    return url
