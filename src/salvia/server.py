@@ -38,6 +38,7 @@ from salvia.runstate import clear_state, write_state
 from salvia.store.metadata import MetadataStore
 from salvia.store.objects import ObjectStore, object_store_from_settings
 from salvia.store.sql import SqlMetadataStore
+from salvia.training.engine import KIND as TRAINING_JOB
 from salvia.training.engine import EngineContext, TrainingEngine
 
 log = logging.getLogger("salvia")
@@ -83,16 +84,6 @@ def create_platform(settings: Settings) -> Platform:
 
     experiments = Experiments(ctx)
     components = TrialComponents(ctx, experiments)
-    search = Search(
-        ctx,
-        {
-            "Experiment": Searchable(EXPERIMENT, "Experiment", experiments.experiment_document),
-            "ExperimentTrial": Searchable(TRIAL, "Trial", experiments.trial_document),
-            "ExperimentTrialComponent": Searchable(
-                TRIAL_COMPONENT, "TrialComponent", components.document
-            ),
-        },
-    )
     clock = ctx.clock
     training = TrainingEngine(
         EngineContext(
@@ -106,6 +97,17 @@ def create_platform(settings: Settings) -> Platform:
     )
     training_jobs = TrainingJobs(ctx, training, experiments)
     training.ctx.on_finished = training_jobs.on_finished
+    search = Search(
+        ctx,
+        {
+            "Experiment": Searchable(EXPERIMENT, "Experiment", experiments.experiment_document),
+            "ExperimentTrial": Searchable(TRIAL, "Trial", experiments.trial_document),
+            "ExperimentTrialComponent": Searchable(
+                TRIAL_COMPONENT, "TrialComponent", components.document
+            ),
+            "TrainingJob": Searchable(TRAINING_JOB, "TrainingJob", training_jobs.document),
+        },
+    )
     sagemaker_handlers = collect(experiments, components, Tags(ctx), search, training_jobs)
     metrics_handlers = collect(Metrics(ctx))
 

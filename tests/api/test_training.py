@@ -194,6 +194,16 @@ def test_sklearn_script_mode_job_completes_with_metrics_and_model(
     listed = sm.list_training_jobs(NameContains=name)["TrainingJobSummaries"]
     assert [j["TrainingJobName"] for j in listed] == [name]
     assert listed[0]["TrainingJobStatus"] == "Completed"
+    found = sm.search(
+        Resource="TrainingJob",
+        SearchExpression={
+            "Filters": [
+                {"Name": "TrainingJobName", "Operator": "Equals", "Value": name},
+                {"Name": "HyperParameters.C", "Operator": "Equals", "Value": "0.5"},
+            ]
+        },
+    )["Results"]
+    assert [r["TrainingJob"]["TrainingJobStatus"] for r in found] == ["Completed"]
 
 
 def test_failing_script_reports_its_failure_file(server: SalviaServer, bucket: str) -> None:

@@ -18,9 +18,17 @@ from salvia.errors import (
     ResourceInUse,
     ValidationException,
 )
-from salvia.resources.common import ResourceContext, list_page, list_query, name_from, tag_pairs
+from salvia.resources.common import (
+    ResourceContext,
+    list_page,
+    list_query,
+    name_from,
+    tag_list,
+    tag_pairs,
+)
 from salvia.resources.experiments import IN_TRIAL, TRIAL, TRIAL_COMPONENT, Experiments
 from salvia.resources.registry import operation
+from salvia.resources.search import Document
 from salvia.store.metadata import Record
 from salvia.training.engine import KIND, TrainingEngine
 
@@ -235,14 +243,23 @@ class TrainingJobs:
 
         self.ctx.store.update(TRIAL_COMPONENT, component.name, change, self.ctx.clock.now())
 
-    @operation("DescribeTrainingJob")
-    def describe_training_job(self, request: dict[str, Any]) -> dict[str, Any]:
-        record = self.job(request["TrainingJobName"])
+    @staticmethod
+    def _describe(record: Record) -> dict[str, Any]:
         return {
             **{k: v for k, v in record.body.items() if not k.startswith("_")},
             "CreationTime": record.creation_time,
             "LastModifiedTime": record.last_modified_time,
         }
+
+    @operation("DescribeTrainingJob")
+    def describe_training_job(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._describe(self.job(request["TrainingJobName"]))
+
+    def document(self, record: Record) -> Document:
+        """What `Search` sees of a training job: its description and its tags."""
+        return Document(
+            record, self._describe(record), {"Tags": lambda: tag_list(self.ctx, record.arn)}
+        )
 
     @operation("ListTrainingJobs")
     def list_training_jobs(self, request: dict[str, Any]) -> dict[str, Any]:
