@@ -138,6 +138,10 @@ def measure_executor(executor: str, runs: int, data: bytes) -> list[float]:
         finally:
             server.terminate()
             server.wait(60)
+            if executor == "ray":  # the executor's local cluster outlives servers by design
+                from salvia.compute.ray_executor import stop_local_cluster
+
+                stop_local_cluster(Path(home) / "run" / "executor")
 
 
 def main() -> None:

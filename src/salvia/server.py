@@ -17,6 +17,7 @@ import uvicorn
 from botocore.model import ServiceModel
 
 from salvia import __version__
+from salvia.algorithms.registry import register_runtimes as register_algorithm_runtimes
 from salvia.api.json_protocol import JsonProtocol
 from salvia.api.rest_protocol import RestJsonProtocol
 from salvia.api.router import Router
@@ -85,13 +86,15 @@ def create_platform(settings: Settings) -> Platform:
     experiments = Experiments(ctx)
     components = TrialComponents(ctx, experiments)
     clock = ctx.clock
+    runtimes = RuntimeRegistry()
+    register_algorithm_runtimes(runtimes)
     training = TrainingEngine(
         EngineContext(
             settings=settings,
             store=store,
             objects=objects,
             executor=executor_from_settings(settings),
-            runtimes=RuntimeRegistry(),
+            runtimes=runtimes,
             clock=clock,
         )
     )

@@ -377,3 +377,48 @@ def test_a_restarted_server_reattaches_to_a_running_job(
     job = wait(own_server.client(), name)
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
     assert {m["MetricName"]: m["Value"] for m in job["FinalMetricDataList"]}["tick"] == 29
+
+
+@pytest.mark.slow
+def test_a_job_runs_on_the_ray_executor(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    pytest.importorskip("sklearn")
+    from salvia.compute.ray_executor import stop_local_cluster
+
+    home = tmp_path / "home"
+    home.mkdir()
+    server = SalviaServer(home, env={"SALVIA_EXECUTOR": "ray"}).start()
+    try:
+        s3, sm = server.client("s3"), server.client()
+        s3.create_bucket(Bucket="ray-bucket")
+        s3.put_object(Bucket="ray-bucket", Key="iris/train/data.csv", Body=iris_csv("train"))
+        s3.put_object(
+            Bucket="ray-bucket", Key="iris/validation/data.csv", Body=iris_csv("validation")
+        )
+        name = unique("ray")
+        request = job_request(
+            server,
+            "ray-bucket",
+            name,
+            TRAIN_SCRIPT,
+            InputDataConfig=[
+                {
+                    "ChannelName": channel,
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "S3Prefix",
+                            "S3Uri": f"s3://ray-bucket/iris/{channel}",
+                        }
+                    },
+                }
+                for channel in ("train", "validation")
+            ],
+        )
+        sm.create_training_job(**request)
+        job = wait(sm, name, timeout=180)
+        assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+        final = {m["MetricName"]: m["Value"] for m in job["FinalMetricDataList"]}
+        assert final["validation:accuracy"] > 0.8
+    finally:
+        server.stop()
+        stop_local_cluster(home / "run" / "executor")

@@ -34,8 +34,17 @@ OPT_ML_UNAVAILABLE = "literal /opt/ml paths are unavailable on this host; use th
 
 ExecutorFactory = Callable[[pytest.FixtureRequest, Path], Executor]
 
+
+def _ray_executor(request: pytest.FixtureRequest, state_dir: Path) -> Executor:
+    pytest.importorskip("ray")
+    from salvia.compute.ray_executor import RayExecutor
+
+    return RayExecutor(state_dir, address=request.getfixturevalue("ray_cluster").address)
+
+
 EXECUTORS: dict[str, ExecutorFactory] = {
     "local": lambda request, state_dir: LocalProcessExecutor(state_dir),
+    "ray": _ray_executor,
 }
 
 

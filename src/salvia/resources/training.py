@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from salvia.algorithms import registry as algorithms
 from salvia.compute.channels import validate_channels
 from salvia.compute.instance_types import lookup as lookup_instance_type
 from salvia.errors import (
@@ -124,16 +125,18 @@ class TrainingJobs:
                 "yet; use script mode (the sagemaker_program hyperparameter).",
             )
         if "sagemaker_program" not in hyperparameters:
-            if runtime.framework:
+            algorithm_spec = algorithms.for_runtime(runtime.name)
+            if algorithm_spec is None:
                 raise ValidationException(
                     f"Image '{image}' runs a training script: the hyperparameter "
                     "'sagemaker_program' must name it (the SageMaker SDK sets it for you)."
                 )
-            raise NotImplementedOperation(
-                "CreateTrainingJob",
-                detail=f"Built-in algorithm mode for image '{image}' is not implemented by "
-                "Salvia yet.",
-            )
+            # a built-in algorithm: its predefined metrics are always collected, as on SageMaker
+            given = {d["Name"] for d in algorithm.get("MetricDefinitions", [])}
+            algorithm["MetricDefinitions"] = [
+                *algorithm.get("MetricDefinitions", []),
+                *(d for d in algorithm_spec.metric_definitions() if d["Name"] not in given),
+            ]
         validate_channels(
             request.get("InputDataConfig") or [], algorithm.get("TrainingInputMode", "File")
         )

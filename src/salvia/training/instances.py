@@ -8,9 +8,11 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from salvia.algorithms import registry as algorithms
 from salvia.compute import channels, contract
 from salvia.compute.executor import InstanceSpec
 from salvia.compute.instance_types import lookup as lookup_instance_type
+from salvia.compute.runtimes import Runtime
 from salvia.store.metadata import Record
 from salvia.training.artifacts import CheckpointSync
 from salvia.training.engine import EngineContext
@@ -133,6 +135,7 @@ def prepare(ctx: EngineContext, record: Record, job_dir: Path, attempt: int) -> 
                 addresses={h: "127.0.0.1" for h in hosts},
                 master_port=master_port,
                 envs_dir=ctx.settings.home / "envs",
+                training_module=_algorithm_module(runtime, hyperparameters),
                 attempt=attempt,
             ),
         }
@@ -153,3 +156,14 @@ def prepare(ctx: EngineContext, record: Record, job_dir: Path, attempt: int) -> 
             )
         )
     return Prepared(specs, events, checkpoints, checkpoint_dirs)
+
+
+def _algorithm_module(runtime: Runtime, hyperparameters: dict[str, str]) -> str | None:
+    """The built-in algorithm to run: the image's own, or XGBoost's when its framework image
+    comes without a script (SageMaker's XGBoost container in algorithm mode)."""
+    if "sagemaker_program" in hyperparameters:
+        return None
+    if runtime.training_module:
+        return runtime.training_module
+    spec = algorithms.for_runtime(runtime.name)
+    return spec.train if spec else None

@@ -1,0 +1,97 @@
+"""Request and response formats of the built-in algorithms' inference, as SageMaker documents
+them: CSV rows, JSON `{"instances": [{"features": [...]}]}` (or a bare list of rows), JSON Lines
+and RecordIO-protobuf in; JSON `{"predictions": [...]}`, JSON Lines and CSV out."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from salvia.algorithms.base import AlgorithmError
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+CSV = "text/csv"
+RECORDIO = "application/x-recordio-protobuf"
+
+
+def _base(content_type: str | None, default: str) -> str:
+    return (content_type or default).split(";")[0].strip().lower()
+
+
+def _rows_from_json(item: Any) -> list[Any]:
+    if isinstance(item, dict):
+        if "features" in item:
+            return [item["features"]]
+        if "data" in item and isinstance(item["data"], dict) and "features" in item["data"]:
+            values = item["data"]["features"].get("values")
+            return [values]
+        raise AlgorithmError("A JSON instance needs a 'features' list.")
+    if isinstance(item, list):
+        return [item]
+    raise AlgorithmError("JSON instances must be objects with 'features' or lists of numbers.")
+
+
+def decode_rows(body: bytes | str, content_type: str | None) -> np.ndarray:
+    """The request's feature rows as a 2-D float array."""
+    kind = _base(content_type, CSV)
+    text = body.decode("utf-8") if isinstance(body, bytes) and kind != RECORDIO else body
+    try:
+        if kind == CSV:
+            return np.loadtxt(io.StringIO(str(text)), delimiter=",", ndmin=2, dtype=np.float64)
+        if kind == JSON:
+            payload = json.loads(text)
+            items = payload.get("instances", payload) if isinstance(payload, dict) else payload
+            if isinstance(items, list) and items and not isinstance(items[0], dict | list):
+                items = [items]  # one bare row
+            rows = [row for item in items for row in _rows_from_json(item)]
+            return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+        if kind in {JSONLINES, "application/jsonl", "application/x-jsonlines"}:
+            lines = [line for line in str(text).splitlines() if line.strip()]
+            rows = [row for line in lines for row in _rows_from_json(json.loads(line))]
+            return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+        if kind == RECORDIO:
+            from salvia.algorithms import recordio
+
+            features, _ = recordio.read_dataset_bytes(bytes(body) if isinstance(body, bytes)
+                                                      else body.encode())  # fmt: skip
+            return np.asarray(features.todense() if hasattr(features, "todense") else features)
+    except (ValueError, json.JSONDecodeError) as error:
+        raise AlgorithmError(f"The request body is not valid {kind}: {error}") from None
+    raise AlgorithmError(f"Content type {kind} is not supported for inference.")
+
+
+def encode_predictions(
+    predictions: Sequence[dict[str, Any]], accept: str | None, csv_columns: Sequence[str] = ()
+) -> tuple[bytes, str]:
+    """`{"predictions": [...]}` for JSON, one object per line for JSON Lines, and the given
+    columns for CSV."""
+    kind = _base(accept, JSON)
+    if kind in {"*/*", JSON}:
+        return json.dumps({"predictions": list(predictions)}, default=_plain).encode(), JSON
+    if kind in {JSONLINES, "application/jsonl", "application/x-jsonlines"}:
+        lines = [json.dumps(p, default=_plain) for p in predictions]
+        return ("\n".join(lines) + "\n").encode(), JSONLINES
+    if kind == CSV:
+        columns = list(csv_columns) or list(predictions[0]) if predictions else list(csv_columns)
+        rows = []
+        for prediction in predictions:
+            cells = []
+            for column in columns:
+                value = prediction.get(column)
+                cells.append(",".join(map(str, value)) if isinstance(value, list) else str(value))
+            rows.append(",".join(cells))
+        return ("\n".join(rows) + "\n").encode(), CSV
+    raise AlgorithmError(f"Accept type {kind} is not supported.")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
