@@ -99,13 +99,13 @@ class AlgorithmSpec:
         for name, text in raw.items():
             if name.startswith("sagemaker_") or name == "_tuning_objective_metric":
                 continue
-            param = known.get(name)
-            if param is None:
+            found = known.get(name)
+            if found is None:
                 if self.allow_unknown:
                     values[name] = text
                     continue
                 raise AlgorithmError(f"Hyperparameter {name} is not recognized by {self.name}.")
-            values[param.name] = param.parse(str(text))
+            values[found.name] = found.parse(str(text))
         for param in self.params:
             if param.name not in values:
                 if param.required:
