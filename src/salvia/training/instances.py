@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -112,6 +113,10 @@ def prepare(ctx: EngineContext, record: Record, job_dir: Path, attempt: int) -> 
             raise JobFailed(f"ClientError: {error}") from None
         uri = (body.get("CheckpointConfig") or {}).get("S3Uri")
         if uri:
+            local = (body.get("CheckpointConfig") or {}).get("LocalPath", "/opt/ml/checkpoints")
+            (root / "input" / "config" / "checkpointconfig.json").write_text(
+                json.dumps({"LocalPath": local, "S3Uri": uri})
+            )
             directory = _checkpoint_dir(root, record)
             directory.mkdir(parents=True, exist_ok=True)
             sync = CheckpointSync(ctx.objects, uri, directory)

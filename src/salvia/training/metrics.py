@@ -15,6 +15,18 @@ from dataclasses import dataclass
 from salvia.store.metadata import MetricPoint
 
 
+# SageMaker's XGBoost regexes capture `(\S+)`, which takes `0.94#011validation-logloss:0.57`
+# when another metric follows on the line; the value is the number it starts with.
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def _leading_number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    found = _NUMBER.match(text.strip())
+    return float(found.group(0)) if found else None
+
+
 @dataclass(frozen=True)
 class MetricDefinition:
     name: str
@@ -42,9 +54,8 @@ class MetricScraper:
                 if not found:
                     continue
                 captured = found.group(1) if found.groups() else found.group(0)
-                try:
-                    value = float(captured)
-                except (TypeError, ValueError):
+                value = _leading_number(captured)
+                if value is None:
                     break
                 if math.isfinite(value):
                     points.append(MetricPoint(definition.name, timestamp, value))

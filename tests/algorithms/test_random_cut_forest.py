@@ -1,0 +1,143 @@
+"""Random Cut Forest trained as SageMaker runs it (a subprocess over an /opt/ml-like directory),
+scored on data with planted anomalies."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from salvia.algorithms import random_cut_forest as rcf
+from salvia.algorithms import recordio
+
+from .harness import TrainingRun, run_training
+
+MODULE = "salvia.algorithms.random_cut_forest"
+DIM = 4
+
+
+def csv(features: np.ndarray, labels: np.ndarray | None = None) -> str:
+    rows = features if labels is None else np.column_stack([labels, features])
+    return "\n".join(",".join(map(repr, map(float, row))) for row in rows) + "\n"
+
+
+def metrics(run: TrainingRun) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for name, regex in rcf.SPEC.metrics:
+        values = re.findall(regex, run.stdout)
+        if values:
+            found[name] = float(values[-1])
+    return found
+
+
+def planted(seed: int, inliers: int = 3000, outliers: int = 90) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian inliers around two centers and 3 % far outliers in random directions."""
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0.0] * DIM, [4.0] * DIM])
+    normal = rng.normal(size=(inliers, DIM)) + centers[rng.integers(2, size=inliers)]
+    direction = rng.normal(size=(outliers, DIM))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    far = 2.0 + direction * rng.uniform(7.0, 12.0, size=(outliers, 1))
+    features = np.vstack([normal, far])
+    labels = np.r_[np.zeros(inliers), np.ones(outliers)]
+    order = rng.permutation(len(labels))
+    return features[order], labels[order]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainingRun:
+    train, _ = planted(0)
+    test, test_labels = planted(1, inliers=1000, outliers=30)
+    run = run_training(
+        MODULE,
+        tmp_path_factory.mktemp("rcf"),
+        {"feature_dim": DIM, "num_trees": 100, "num_samples_per_tree": 256},
+        {"train": {"train.csv": csv(train)}, "test": {"test.csv": csv(test, test_labels)}},
+        {"train": "text/csv", "test": "text/csv;label_size=1"},
+    )
+    assert run.returncode == 0, run.log
+    return run
+
+
+def test_planted_anomalies_score_high(trained: TrainingRun) -> None:
+    model = rcf.model_fn(trained.model_dir)
+    for seed in (0, 2):  # the training data and new data from the same distribution
+        features, labels = planted(seed)
+        scores = [p["score"] for p in rcf.predict_fn(features, model)]
+        assert roc_auc_score(labels, scores) >= 0.9
+    found = metrics(trained)
+    assert found["test:f1"] >= 0.8, trained.stdout
+    assert found["test:accuracy"] >= 0.95
+    assert {"test:precision", "test:recall"} <= set(found)
+
+
+def test_forest_structure(trained: TrainingRun) -> None:
+    forest = rcf.model_fn(trained.model_dir)["forest"]
+    assert len(forest.roots) == 100
+    # each tree holds its 256 sampled points; leaves partition them
+    assert (forest.count[forest.roots] == 256).all()
+    leaves = forest.left < 0
+    assert forest.count[leaves].sum() == 100 * 256
+    internal = ~leaves
+    children = forest.count[forest.left[internal]] + forest.count[forest.right[internal]]
+    assert (children == forest.count[internal]).all()
+
+
+def test_scores_are_deterministic_and_independent_of_the_batch(trained: TrainingRun) -> None:
+    model = rcf.model_fn(trained.model_dir)
+    features, _ = planted(3, inliers=20, outliers=2)
+    alone = [rcf.predict_fn(row[None, :], model)[0]["score"] for row in features[:5]]
+    together = [p["score"] for p in rcf.predict_fn(features, model)[:5]]
+    assert alone == pytest.approx(together, rel=1e-12)
+
+
+def test_inference_formats(trained: TrainingRun) -> None:
+    model = rcf.model_fn(trained.model_dir)
+    rows = planted(4, inliers=2, outliers=1)[0]
+    body, content_type = rcf.output_fn(
+        rcf.predict_fn(rcf.input_fn(csv(rows), "text/csv"), model), "application/json"
+    )
+    assert content_type == "application/json"
+    payload = json.loads(body)
+    assert list(payload) == ["scores"]
+    assert [list(s) for s in payload["scores"]] == [["score"]] * 3
+
+    request = json.dumps({"instances": [{"features": row.tolist()} for row in rows]})
+    body, content_type = rcf.output_fn(
+        rcf.predict_fn(rcf.input_fn(request, "application/json"), model), "application/jsonlines"
+    )
+    assert content_type == "application/jsonlines"
+    assert [json.loads(line) for line in body.decode().splitlines()] == payload["scores"]
+
+    body, content_type = rcf.output_fn(rcf.predict_fn(rows, model), "text/csv")
+    assert content_type == "text/csv"
+    assert [float(v) for v in body.decode().split()] == [s["score"] for s in payload["scores"]]
+
+    body, _ = rcf.output_fn(payload["scores"], "application/x-recordio-protobuf")
+    labels = [recordio.decode_message(r)[1] for r in recordio.read_records(body)]
+    assert [float(lab["score"].values[0]) for lab in labels] == pytest.approx(
+        [s["score"] for s in payload["scores"]], rel=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "named"),
+    [
+        ({}, "feature_dim"),
+        ({"feature_dim": DIM, "num_trees": 10}, "num_trees"),
+        ({"feature_dim": DIM, "num_samples_per_tree": 4096}, "num_samples_per_tree"),
+        ({"feature_dim": DIM, "eval_metrics": '["auc"]'}, "eval_metrics"),
+        ({"feature_dim": DIM + 1}, "feature_dim"),
+    ],
+)
+def test_bad_hyperparameter_fails_naming_it(
+    tmp_path: Path, hyperparameters: dict[str, object], named: str
+) -> None:
+    features, _ = planted(0, inliers=100, outliers=3)
+    run = run_training(MODULE, tmp_path, hyperparameters, {"train": {"train.csv": csv(features)}})
+    assert run.returncode != 0
+    assert run.failure is not None and named in run.failure, run.failure
