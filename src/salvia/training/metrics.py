@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from salvia.store.metadata import MetricPoint
 
-
 # SageMaker's XGBoost regexes capture `(\S+)`, which takes `0.94#011validation-logloss:0.57`
 # when another metric follows on the line; the value is the number it starts with.
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
