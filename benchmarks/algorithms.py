@@ -1,0 +1,204 @@
+"""Built-in algorithms: training time through Salvia versus the reference library called
+directly on the same data, in the same run.
+
+    .venv/bin/python benchmarks/algorithms.py [--rows 100000] [--only xgboost,kmeans]
+
+Salvia's figure is a whole training job, CreateTrainingJob -> Completed (staging the S3 channel,
+starting the instance, reading the CSV, training, packing and uploading the model). The
+reference is a fresh Python process that reads the same CSV file with numpy and fits the library
+with the same parameters. Target (issue 4): ratio <= 1.15 at 100k rows.
+Random Cut Forest has no reference implementation in a common library; scikit-learn's
+IsolationForest (same tree count and sample size) stands in as the nearest tree-ensemble detector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api_throughput import free_port, wait_healthy
+
+ACCOUNT = "382416733822.dkr.ecr.us-east-1.amazonaws.com"
+LOAD = "import numpy as np\ndata = np.loadtxt({path!r}, delimiter=',')\n"
+
+
+@dataclass
+class Bench:
+    name: str
+    image: str
+    hyperparameters: dict[str, str]
+    labeled: bool
+    reference: str  # Python code fitting the library on `data` (label in column 0 if labeled)
+
+
+BENCHES = [
+    Bench(
+        "xgboost",
+        f"{ACCOUNT}/sagemaker-xgboost:1.7-1",
+        {"objective": "binary:logistic", "num_round": "100", "max_depth": "6", "eta": "0.3"},
+        True,
+        "import xgboost as xgb\nxgb.train({'objective': 'binary:logistic', 'max_depth': 6,"
+        " 'eta': 0.3}, xgb.DMatrix(data[:, 1:], label=data[:, 0]), 100)\n",
+    ),
+    Bench(
+        "lightgbm",
+        "salvia/lightgbm",
+        {"num_boost_round": "100", "learning_rate": "0.1", "num_leaves": "64"},
+        True,
+        "import lightgbm as lgb\nlgb.train({'objective': 'binary', 'learning_rate': 0.1, "
+        "'num_leaves': 64, 'verbose': -1}, lgb.Dataset(data[:, 1:], data[:, 0]), 100)\n",
+    ),
+    Bench(
+        "catboost",
+        "salvia/catboost",
+        {"iterations": "100", "learning_rate": "0.1", "depth": "6"},
+        True,
+        "from catboost import CatBoostClassifier\nCatBoostClassifier(iterations=100, "
+        "learning_rate=0.1, depth=6, verbose=False, thread_count=-1)"
+        ".fit(data[:, 1:], data[:, 0])\n",
+    ),
+    Bench(
+        "linear-learner",
+        f"{ACCOUNT}/linear-learner:1",
+        {"predictor_type": "binary_classifier"},
+        True,
+        "from sklearn.linear_model import LogisticRegression\n"
+        "from sklearn.preprocessing import StandardScaler\n"
+        "LogisticRegression().fit(StandardScaler().fit_transform(data[:, 1:]), data[:, 0])\n",
+    ),
+    Bench(
+        "kmeans",
+        f"{ACCOUNT}/kmeans:1",
+        {"k": "10", "feature_dim": "20"},
+        False,
+        "from sklearn.cluster import KMeans\nKMeans(n_clusters=10, n_init=10).fit(data)\n",
+    ),
+    Bench(
+        "pca",
+        f"{ACCOUNT}/pca:1",
+        {"num_components": "5", "feature_dim": "20", "mini_batch_size": "1000"},
+        False,
+        "from sklearn.decomposition import PCA\nPCA(n_components=5).fit(data)\n",
+    ),
+    Bench(
+        "knn",
+        f"{ACCOUNT}/knn:1",
+        {"k": "10", "sample_size": "100000", "predictor_type": "classifier", "feature_dim": "20"},
+        True,
+        "from sklearn.neighbors import KNeighborsClassifier\n"
+        "KNeighborsClassifier(n_neighbors=10).fit(data[:, 1:], data[:, 0])\n",
+    ),
+    Bench(
+        "randomcutforest",
+        f"{ACCOUNT}/randomcutforest:1",
+        {"num_trees": "100", "num_samples_per_tree": "256", "feature_dim": "20"},
+        False,
+        "from sklearn.ensemble import IsolationForest\n"
+        "IsolationForest(n_estimators=100, max_samples=256).fit(data)\n",
+    ),
+]
+
+
+def dataset(rows: int, labeled: bool) -> bytes:
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=rows, n_features=20, n_informative=10, random_state=0)
+    table = np.column_stack([y, x]) if labeled else x
+    buffer = io.StringIO()
+    np.savetxt(buffer, table, delimiter=",", fmt="%.6g")
+    return buffer.getvalue().encode()
+
+
+def reference_seconds(bench: Bench, path: Path) -> float:
+    code = LOAD.format(path=str(path)) + textwrap.dedent(bench.reference)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - started
+
+
+def job_seconds(sm: object, bench: Bench, name: str) -> float:
+    started = time.perf_counter()
+    sm.create_training_job(  # type: ignore[attr-defined]
+        TrainingJobName=name,
+        RoleArn="arn:aws:iam::123456789012:role/Bench",
+        AlgorithmSpecification={"TrainingImage": bench.image, "TrainingInputMode": "File"},
+        HyperParameters=bench.hyperparameters,
+        InputDataConfig=[
+            {
+                "ChannelName": "train",
+                "ContentType": "text/csv",
+                "DataSource": {
+                    "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://bench/{bench.name}/"}
+                },
+            }
+        ],
+        OutputDataConfig={"S3OutputPath": "s3://bench/output"},
+        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
+        StoppingCondition={"MaxRuntimeInSeconds": 3600},
+    )
+    while True:
+        job = sm.describe_training_job(TrainingJobName=name)  # type: ignore[attr-defined]
+        if job["TrainingJobStatus"] in {"Completed", "Failed", "Stopped"}:
+            if job["TrainingJobStatus"] != "Completed":
+                raise RuntimeError(f"{name}: {job.get('FailureReason')}")
+            return time.perf_counter() - started
+        time.sleep(0.02)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--only", default="")
+    args = parser.parse_args()
+    chosen = [b for b in BENCHES if not args.only or b.name in args.only.split(",")]
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "SALVIA_HOME": home, "SALVIA_LOG_LEVEL": "warning"}
+        env.pop("SALVIA_DATABASE_URL", None)
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "salvia.cli.main", "server", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}/healthz", server)
+            kw = dict(
+                endpoint_url=f"http://127.0.0.1:{port}",
+                region_name="us-east-1",
+                aws_access_key_id="b",
+                aws_secret_access_key="b",
+            )
+            s3, sm = boto3.client("s3", **kw), boto3.client("sagemaker", **kw)
+            s3.create_bucket(Bucket="bench")
+            files = {}
+            for labeled in (True, False):
+                path = Path(home) / f"data-{labeled}.csv"
+                path.write_bytes(dataset(args.rows, labeled))
+                files[labeled] = path
+            print(f"{args.rows} rows x 20 features")
+            print(f"{'algorithm':16} {'salvia s':>9} {'reference s':>12} {'ratio':>6}")
+            for index, bench in enumerate(chosen):
+                s3.upload_file(str(files[bench.labeled]), "bench", f"{bench.name}/data.csv")
+                ours = job_seconds(sm, bench, f"bench-{index}-{int(time.time())}")
+                theirs = reference_seconds(bench, files[bench.labeled])
+                print(f"{bench.name:16} {ours:9.2f} {theirs:12.2f} {ours / theirs:6.2f}")
+        finally:
+            server.terminate()
+            server.wait(60)
+    print("target: ratio <= 1.15")
+
+
+if __name__ == "__main__":
+    main()
