@@ -108,6 +108,18 @@ class SalviaServer:
             self.process.kill()
             raise
 
+    def stop_instances(self) -> None:
+        """End job and endpoint instances left running: by design they outlive the server
+        (a restarted one re-attaches), so a test's teardown stops them itself."""
+        from salvia.compute.local import LocalProcessExecutor
+
+        state = self.home / "run" / "executor"
+        if not state.is_dir():
+            return
+        executor = LocalProcessExecutor(state)
+        for handle in (p.name for p in state.iterdir() if p.is_dir()):
+            executor.stop(handle, grace_seconds=2)
+
     def restart(self) -> SalviaServer:
         self.stop()
         return self.start()
@@ -166,6 +178,7 @@ def server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     instance = SalviaServer(tmp_path_factory.mktemp("home"), url).start()
     yield instance
     instance.stop()
+    instance.stop_instances()
     drop()
 
 
@@ -179,6 +192,7 @@ def own_server(backend: str, tmp_path: Path) -> Iterator[SalviaServer]:
     yield instance
     if instance.process is not None and instance.process.poll() is None:
         instance.stop()
+    instance.stop_instances()
     drop()
 
 

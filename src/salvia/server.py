@@ -21,6 +21,7 @@ from salvia.algorithms.registry import register_runtimes as register_algorithm_r
 from salvia.api.json_protocol import JsonProtocol
 from salvia.api.rest_protocol import RestJsonProtocol
 from salvia.api.router import Router
+from salvia.api.runtime import RuntimeProtocol
 from salvia.api.s3 import S3Protocol
 from salvia.clock import Clock
 from salvia.compute.factory import executor_from_settings
@@ -28,6 +29,7 @@ from salvia.compute.runtimes import RuntimeRegistry
 from salvia.config import Settings
 from salvia.resources.common import ResourceContext
 from salvia.resources.experiments import EXPERIMENT, TRIAL, TRIAL_COMPONENT, Experiments
+from salvia.resources.hosting import Hosting
 from salvia.resources.logs import CloudWatchLogs
 from salvia.resources.metrics import Metrics
 from salvia.resources.registry import Handler, collect, is_read_only
@@ -36,6 +38,7 @@ from salvia.resources.tags import Tags
 from salvia.resources.training import TrainingJobs
 from salvia.resources.trial_components import TrialComponents
 from salvia.runstate import clear_state, write_state
+from salvia.serving.engine import EndpointEngine, ServingContext
 from salvia.store.metadata import MetadataStore
 from salvia.store.objects import ObjectStore, object_store_from_settings
 from salvia.store.sql import SqlMetadataStore
@@ -63,14 +66,17 @@ class Platform:
     objects: ObjectStore
     app: Router
     training: TrainingEngine
+    serving: EndpointEngine
 
     def start(self, public_url: str) -> None:
-        """Begin background work: jobs a previous server left running are re-attached."""
+        """Begin background work: jobs and endpoints a previous server left are re-attached."""
         self.training.ctx.public_url = public_url
         self.training.recover()
+        self.serving.recover()
 
     def close(self) -> None:
         self.training.shutdown()
+        self.serving.shutdown()
         self.training.ctx.executor.close()
         self.store.close()
         self.objects.close()
@@ -88,16 +94,18 @@ def create_platform(settings: Settings) -> Platform:
     clock = ctx.clock
     runtimes = RuntimeRegistry()
     register_algorithm_runtimes(runtimes)
+    executor = executor_from_settings(settings)
     training = TrainingEngine(
         EngineContext(
             settings=settings,
             store=store,
             objects=objects,
-            executor=executor_from_settings(settings),
+            executor=executor,
             runtimes=runtimes,
             clock=clock,
         )
     )
+    serving = EndpointEngine(ServingContext(settings, store, objects, executor, runtimes, clock))
     training_jobs = TrainingJobs(ctx, training, experiments)
     training.ctx.on_finished = training_jobs.on_finished
     search = Search(
@@ -111,7 +119,9 @@ def create_platform(settings: Settings) -> Platform:
             "TrainingJob": Searchable(TRAINING_JOB, "TrainingJob", training_jobs.document),
         },
     )
-    sagemaker_handlers = collect(experiments, components, Tags(ctx), search, training_jobs)
+    sagemaker_handlers = collect(
+        experiments, components, Tags(ctx), search, training_jobs, Hosting(ctx, serving)
+    )
     metrics_handlers = collect(Metrics(ctx))
 
     limiter = anyio.CapacityLimiter(WORKER_THREADS)
@@ -132,8 +142,11 @@ def create_platform(settings: Settings) -> Platform:
             RestJsonProtocol(service_model("sagemaker-featurestore-runtime"), {}, run),
         ],
         fallback=S3Protocol(objects, settings.runtime_dir / "s3", region=settings.region),
+        runtime=RuntimeProtocol(serving, store, settings),
     )
-    return Platform(settings=settings, store=store, objects=objects, app=app, training=training)
+    return Platform(
+        settings=settings, store=store, objects=objects, app=app, training=training, serving=serving
+    )
 
 
 def serve(settings: Settings) -> None:

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from salvia.api.errors import error_response, new_request_id
 from salvia.api.json_protocol import JsonProtocol
 from salvia.api.rest_protocol import RestJsonProtocol
+from salvia.api.runtime import RuntimeProtocol
 from salvia.errors import UnknownOperationException
 
 Scope = MutableMapping[str, Any]
@@ -43,12 +44,14 @@ class Router:
         json_services: Sequence[JsonProtocol],
         rest_services: Sequence[RestJsonProtocol],
         fallback: ASGIApp | None,
+        runtime: RuntimeProtocol | None = None,
         on_startup: Sequence[Hook] = (),
         on_shutdown: Sequence[Hook] = (),
     ) -> None:
         self.json_services = {service.prefix: service for service in json_services}
         self.rest_services = list(rest_services)
         self.fallback = fallback
+        self.runtime = runtime
         self.on_startup = list(on_startup)
         self.on_shutdown = list(on_shutdown)
 
@@ -83,6 +86,10 @@ class Router:
             return error_response(error, new_request_id())
         if path == "/healthz" and method in {"GET", "HEAD"}:
             return JSONResponse({"status": "ok"})
+        if self.runtime is not None:
+            endpoint = self.runtime.endpoint_of(method, path)
+            if endpoint is not None:
+                return await self.runtime.handle(Request(scope, receive), endpoint)
         for rest in self.rest_services:
             found = rest.match(method, path)
             if found is not None:

@@ -27,6 +27,7 @@ _MAX_SHOWN = 100
 # which run a job on this machine without a catalog type's limits.
 EXTRA_ENUM_VALUES: dict[str, tuple[str, ...]] = {
     "TrainingInstanceType": ("local", "local_gpu"),
+    "ProductionVariantInstanceType": ("local", "local_gpu"),
 }
 
 

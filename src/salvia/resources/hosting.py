@@ -1,0 +1,222 @@
+"""Models, endpoint configs and endpoints: the hosting resources behind `model.deploy()`.
+
+Messages follow SageMaker's, which the SDK matches: "Could not find model ..." on a missing
+model or endpoint config, "Cannot create already existing model ..." on a duplicate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from salvia.compute.instance_types import lookup as lookup_instance_type
+from salvia.errors import AlreadyExists, NotImplementedOperation, ValidationException
+from salvia.resources.common import ResourceContext, list_page, list_query, name_from, tag_pairs
+from salvia.resources.registry import operation
+from salvia.serving.engine import ENDPOINT, ENDPOINT_CONFIG, MODEL, EndpointEngine
+from salvia.store.metadata import Record
+
+_NAMES = {MODEL: "model", ENDPOINT_CONFIG: "endpoint configuration", ENDPOINT: "endpoint"}
+
+
+class Hosting:
+    def __init__(self, ctx: ResourceContext, engine: EndpointEngine) -> None:
+        self.ctx = ctx
+        self.engine = engine
+
+    def _get(self, kind: str, name: str) -> Record:
+        record = self.ctx.store.get(kind, name_from(name, kind))
+        if record is None:
+            arn = self.ctx.arn(kind, name_from(name, kind))
+            raise ValidationException(f'Could not find {_NAMES[kind]} "{arn}".')
+        return record
+
+    def _create(
+        self,
+        kind: str,
+        name: str,
+        body: dict[str, Any],
+        arn_member: str,
+        tags: Any,
+        status: str | None = None,
+    ) -> Record:
+        record = self.ctx.new_record(kind, name, body, arn_member=arn_member, status=status)
+        try:
+            return self.ctx.store.create(record, tag_pairs(tags))
+        except AlreadyExists:
+            raise ValidationException(
+                f'Cannot create already existing {_NAMES[kind]} "{record.arn}".'
+            ) from None
+
+    @staticmethod
+    def _describe(record: Record) -> dict[str, Any]:
+        return {
+            **{k: v for k, v in record.body.items() if not k.startswith("_")},
+            "CreationTime": record.creation_time,
+            "LastModifiedTime": record.last_modified_time,
+        }
+
+    # --- models -----------------------------------------------------------------------------
+
+    @operation("CreateModel")
+    def create_model(self, request: dict[str, Any]) -> dict[str, Any]:
+        containers = request.get("Containers") or []
+        primary = request.get("PrimaryContainer")
+        if not primary and not containers:
+            raise ValidationException("Either PrimaryContainer or Containers must be given.")
+        if len(containers) > 1:
+            raise NotImplementedOperation(
+                "CreateModel",
+                detail="Serial inference pipelines (several Containers) are not "
+                "implemented by Salvia yet.",
+            )
+        container = primary or containers[0]
+        if not container.get("Image"):
+            raise ValidationException("The container's Image is required.")
+        if container.get("Mode") == "MultiModel":
+            raise NotImplementedOperation(
+                "CreateModel", detail="Multi-model endpoints are not implemented by Salvia yet."
+            )
+        self.engine.ctx.runtimes.resolve(container["Image"])  # an unknown image is refused now
+        body = {k: v for k, v in request.items() if k not in {"Tags"} and v is not None}
+        record = self._create(MODEL, request["ModelName"], body, "ModelArn", request.get("Tags"))
+        return {"ModelArn": record.arn}
+
+    @operation("DescribeModel")
+    def describe_model(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._describe(self._get(MODEL, request["ModelName"]))
+
+    @operation("ListModels")
+    def list_models(self, request: dict[str, Any]) -> dict[str, Any]:
+        return list_page(
+            self.ctx,
+            list_query(MODEL, request),
+            "Models",
+            lambda r: {"ModelName": r.name, "ModelArn": r.arn, "CreationTime": r.creation_time},
+        )
+
+    @operation("DeleteModel")
+    def delete_model(self, request: dict[str, Any]) -> dict[str, Any]:
+        record = self._get(MODEL, request["ModelName"])
+        self.ctx.store.delete(MODEL, record.name)
+        return {}
+
+    # --- endpoint configs -------------------------------------------------------------------
+
+    @operation("CreateEndpointConfig")
+    def create_endpoint_config(self, request: dict[str, Any]) -> dict[str, Any]:
+        variants = request["ProductionVariants"]
+        names = [v["VariantName"] for v in variants]
+        if len(set(names)) != len(names):
+            raise ValidationException("ProductionVariants must have distinct VariantNames.")
+        for variant in variants:
+            if variant.get("ServerlessConfig"):
+                raise NotImplementedOperation(
+                    "CreateEndpointConfig",
+                    detail="Serverless variants are not implemented by Salvia yet.",
+                )
+            self._get(MODEL, variant["ModelName"])
+            lookup_instance_type(variant.get("InstanceType") or "local")
+            variant.setdefault("InitialVariantWeight", 1.0)
+            variant.setdefault("InitialInstanceCount", 1)
+        for unsupported in ("ShadowProductionVariants", "AsyncInferenceConfig"):
+            if request.get(unsupported):
+                raise NotImplementedOperation(
+                    "CreateEndpointConfig",
+                    detail=f"{unsupported} is not implemented by Salvia yet.",
+                )
+        body = {k: v for k, v in request.items() if k not in {"Tags"} and v is not None}
+        record = self._create(
+            ENDPOINT_CONFIG,
+            request["EndpointConfigName"],
+            body,
+            "EndpointConfigArn",
+            request.get("Tags"),
+        )
+        return {"EndpointConfigArn": record.arn}
+
+    @operation("DescribeEndpointConfig")
+    def describe_endpoint_config(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._describe(self._get(ENDPOINT_CONFIG, request["EndpointConfigName"]))
+
+    @operation("ListEndpointConfigs")
+    def list_endpoint_configs(self, request: dict[str, Any]) -> dict[str, Any]:
+        return list_page(
+            self.ctx,
+            list_query(ENDPOINT_CONFIG, request),
+            "EndpointConfigs",
+            lambda r: {
+                "EndpointConfigName": r.name,
+                "EndpointConfigArn": r.arn,
+                "CreationTime": r.creation_time,
+            },
+        )
+
+    @operation("DeleteEndpointConfig")
+    def delete_endpoint_config(self, request: dict[str, Any]) -> dict[str, Any]:
+        record = self._get(ENDPOINT_CONFIG, request["EndpointConfigName"])
+        self.ctx.store.delete(ENDPOINT_CONFIG, record.name)
+        return {}
+
+    # --- endpoints --------------------------------------------------------------------------
+
+    @operation("CreateEndpoint")
+    def create_endpoint(self, request: dict[str, Any]) -> dict[str, Any]:
+        config = self._get(ENDPOINT_CONFIG, request["EndpointConfigName"])
+        variants = [
+            {
+                "VariantName": v["VariantName"],
+                "DesiredWeight": v.get("InitialVariantWeight", 1.0),
+                "DesiredInstanceCount": v.get("InitialInstanceCount", 1),
+                "CurrentWeight": 0.0,
+                "CurrentInstanceCount": 0,
+                "VariantStatus": [{"Status": "Creating"}],
+            }
+            for v in config.body["ProductionVariants"]
+        ]
+        body = {
+            "EndpointName": request["EndpointName"],
+            "EndpointConfigName": config.name,
+            "EndpointStatus": "Creating",
+            "ProductionVariants": variants,
+        }
+        record = self._create(
+            ENDPOINT,
+            request["EndpointName"],
+            body,
+            "EndpointArn",
+            request.get("Tags"),
+            status="Creating",
+        )
+        self.engine.deploy(record.name)
+        return {"EndpointArn": record.arn}
+
+    @operation("DescribeEndpoint")
+    def describe_endpoint(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._describe(self._get(ENDPOINT, request["EndpointName"]))
+
+    @operation("ListEndpoints")
+    def list_endpoints(self, request: dict[str, Any]) -> dict[str, Any]:
+        return list_page(
+            self.ctx,
+            list_query(ENDPOINT, request),
+            "Endpoints",
+            lambda r: {
+                "EndpointName": r.name,
+                "EndpointArn": r.arn,
+                "CreationTime": r.creation_time,
+                "LastModifiedTime": r.last_modified_time,
+                "EndpointStatus": r.body.get("EndpointStatus"),
+            },
+        )
+
+    @operation("DeleteEndpoint")
+    def delete_endpoint(self, request: dict[str, Any]) -> dict[str, Any]:
+        record = self._get(ENDPOINT, request["EndpointName"])
+
+        def deleting(endpoint: Record) -> None:
+            endpoint.body["EndpointStatus"] = "Deleting"
+            endpoint.status = "Deleting"
+
+        self.ctx.store.update(ENDPOINT, record.name, deleting, self.ctx.clock.now())
+        self.engine.delete(record.name)
+        return {}

@@ -1,0 +1,375 @@
+"""Endpoints: each production variant's model-server instances, started through the Executor,
+and the routing table the gateway reads.
+
+Desired state lives in the metadata store (the endpoint's config and status); the engine brings
+the instances to it in a thread per endpoint: fetch and unpack the model, start the instances,
+wait for `/ping`, then InService — or Failed with the reason. Instance handles and ports are
+stored, so a restarted server re-attaches to instances that still run and replaces lost ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import shutil
+import socket
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from salvia.algorithms import registry as algorithms
+from salvia.clock import Clock
+from salvia.compute.executor import Executor, InstanceSpec, State
+from salvia.compute.instance_types import lookup as lookup_instance_type
+from salvia.compute.runtimes import RuntimeRegistry
+from salvia.config import Settings
+from salvia.serving.client import InstanceClient
+from salvia.store.metadata import MetadataStore, Record
+from salvia.store.objects import ObjectStore
+
+log = logging.getLogger(__name__)
+
+ENDPOINT = "endpoint"
+MODEL = "model"
+ENDPOINT_CONFIG = "endpoint-config"
+_FRAMEWORKS = {"sklearn": "sklearn", "xgboost": "xgboost", "pytorch": "pytorch"}
+
+
+class DeployFailed(Exception):
+    pass
+
+
+@dataclass
+class Variant:
+    name: str
+    weight: float
+    clients: list[InstanceClient]
+    _next: int = 0
+
+    def pick(self) -> InstanceClient:
+        self._next = (self._next + 1) % len(self.clients)
+        return self.clients[self._next]
+
+
+@dataclass
+class Route:
+    variants: list[Variant] = field(default_factory=list)
+
+    def choose(self, target: str | None = None) -> Variant | None:
+        if target is not None:
+            return next((v for v in self.variants if v.name == target), None)
+        live = [v for v in self.variants if v.clients and v.weight > 0]
+        if not live:
+            return None
+        total = sum(v.weight for v in live)
+        point = random.random() * total
+        for variant in live:
+            point -= variant.weight
+            if point <= 0:
+                return variant
+        return live[-1]
+
+
+@dataclass
+class ServingContext:
+    settings: Settings
+    store: MetadataStore
+    objects: ObjectStore
+    executor: Executor
+    runtimes: RuntimeRegistry
+    clock: Clock
+
+    @property
+    def endpoints_dir(self) -> Path:
+        return self.settings.home / "endpoints"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EndpointEngine:
+    """Owns the routing table. Thread-safe; `routes` is read by the gateway without locks
+    (a dict swap is atomic)."""
+
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+        self.routes: dict[str, Route] = {}
+        self._lock = threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}
+
+    # --- public -----------------------------------------------------------------------------
+
+    def deploy(self, name: str) -> None:
+        self._spawn(name, lambda: self._deploy(name))
+
+    def delete(self, name: str) -> None:
+        self._spawn(name, lambda: self._undeploy(name))
+
+    def recover(self) -> None:
+        from salvia.store.metadata import ListQuery
+
+        records = self.ctx.store.list_records(ListQuery(kind=ENDPOINT, limit=1000))
+        for record in records.records:
+            status = record.body.get("EndpointStatus")
+            if status in {"InService", "Creating", "Updating"}:
+                self._spawn(record.name, functools.partial(self._reattach, record))
+            elif status == "Deleting":
+                self._spawn(record.name, functools.partial(self._undeploy, record.name))
+
+    def shutdown(self) -> None:
+        for route in list(self.routes.values()):
+            for variant in route.variants:
+                for client in variant.clients:
+                    client.close()
+
+    def _spawn(self, name: str, work: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                work()
+            except Exception:
+                log.exception("endpoint %s", name)
+
+        thread = threading.Thread(target=run, name=f"endpoint-{name}", daemon=True)
+        with self._lock:
+            self._threads[name.lower()] = thread
+        thread.start()
+
+    # --- deploying --------------------------------------------------------------------------
+
+    def _update(self, name: str, change: Callable[[dict[str, Any]], None]) -> Record | None:
+        def mutate(record: Record) -> None:
+            change(record.body)
+            record.status = record.body.get("EndpointStatus")
+
+        return self.ctx.store.update(ENDPOINT, name, mutate, self.ctx.clock.now())
+
+    def _deploy(self, name: str) -> None:
+        record = self.ctx.store.get(ENDPOINT, name)
+        if record is None:
+            return
+        try:
+            route, instances = self._start_variants(record)
+        except DeployFailed as failure:
+            reason = str(failure)
+
+            def failed(body: dict[str, Any]) -> None:
+                body["EndpointStatus"] = "Failed"
+                body["FailureReason"] = reason[:1024]
+
+            self._update(name, failed)
+            return
+        self.routes[name.lower()] = route
+
+        def in_service(body: dict[str, Any]) -> None:
+            body["EndpointStatus"] = "InService"
+            body["_Instances"] = instances
+            for summary in body.get("ProductionVariants", []):
+                summary["CurrentInstanceCount"] = summary.get("DesiredInstanceCount")
+                summary["CurrentWeight"] = summary.get("DesiredWeight")
+                summary["VariantStatus"] = [{"Status": "InService"}]
+
+        self._update(name, in_service)
+
+    def _start_variants(self, record: Record) -> tuple[Route, dict[str, list[dict[str, Any]]]]:
+        config = self.ctx.store.get(ENDPOINT_CONFIG, record.body["EndpointConfigName"])
+        if config is None:
+            raise DeployFailed(f"Endpoint config {record.body['EndpointConfigName']} is gone.")
+        route = Route()
+        instances: dict[str, list[dict[str, Any]]] = {}
+        started: list[str] = []
+        try:
+            for variant in config.body["ProductionVariants"]:
+                clients, handles = self._start_variant(record, variant)
+                started += [h["Handle"] for h in handles]
+                instances[variant["VariantName"]] = handles
+                route.variants.append(
+                    Variant(
+                        variant["VariantName"], variant.get("InitialVariantWeight", 1.0), clients
+                    )
+                )
+        except Exception:
+            for handle in started:
+                self.ctx.executor.stop(handle, grace_seconds=5)
+            raise
+        return route, instances
+
+    def _model_dir(self, record: Record, variant: dict[str, Any]) -> tuple[Path, dict[str, str]]:
+        model = self.ctx.store.get(MODEL, variant["ModelName"])
+        if model is None:
+            raise DeployFailed(f"Model {variant['ModelName']} does not exist.")
+        container = model.body.get("PrimaryContainer") or (model.body.get("Containers") or [{}])[0]
+        directory = self.ctx.endpoints_dir / record.name / variant["VariantName"] / "model"
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        url = container.get("ModelDataUrl")
+        if url:
+            with tempfile.TemporaryDirectory() as scratch:
+                archive = Path(scratch) / "model.tar.gz"
+                try:
+                    archive.write_bytes(self.ctx.objects.read_bytes(url))
+                    with tarfile.open(archive) as tar:
+                        tar.extractall(directory, filter="data")
+                except (OSError, tarfile.TarError) as error:
+                    raise DeployFailed(f"Could not load the model data {url}: {error}") from None
+        env = dict(container.get("Environment") or {})
+        runtime = self.ctx.runtimes.resolve(container["Image"])
+        spec = algorithms.for_runtime(runtime.name)
+        if (
+            spec is not None
+            and "SAGEMAKER_PROGRAM" not in env
+            and (not runtime.framework or not (directory / "code" / "inference.py").exists())
+        ):
+            env.setdefault("SALVIA_FRAMEWORK", f"algorithm:{spec.name}")
+        else:
+            env.setdefault("SALVIA_FRAMEWORK", _FRAMEWORKS.get(runtime.name, "python"))
+        return directory, env
+
+    def _start_variant(
+        self, record: Record, variant: dict[str, Any]
+    ) -> tuple[list[InstanceClient], list[dict[str, Any]]]:
+        model_dir, env = self._model_dir(record, variant)
+        instance_type = lookup_instance_type(variant.get("InstanceType", "local"))
+        count = variant.get("InitialInstanceCount", 1)
+        timeout = variant.get("ContainerStartupHealthCheckTimeoutInSeconds", 240)
+        clients, handles = [], []
+        for index in range(count):
+            clients_handle = self._start_instance(
+                record, variant, index, model_dir, env, instance_type
+            )
+            clients.append(clients_handle[0])
+            handles.append(clients_handle[1])
+        for client, handle in zip(clients, handles, strict=True):
+            self._wait_healthy(client, handle, timeout)
+        return clients, handles
+
+    def _start_instance(
+        self,
+        record: Record,
+        variant: dict[str, Any],
+        index: int,
+        model_dir: Path,
+        env: dict[str, str],
+        instance_type: Any,
+    ) -> tuple[InstanceClient, dict[str, Any]]:
+        import os
+        import sys
+
+        root = self.ctx.endpoints_dir / record.name / variant["VariantName"] / f"instance-{index}"
+        root.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        base = {k: os.environ[k] for k in ("PATH", "LANG", "HOME", "TMPDIR") if k in os.environ}
+        spec = InstanceSpec(
+            job_name=record.name,
+            host=f"{variant['VariantName']}-{index}",
+            command=[
+                sys.executable,
+                "-m",
+                "salvia.serving.model_server",
+                "--model-dir",
+                str(model_dir),
+                "--port",
+                str(port),
+            ],
+            env={**base, **env, "PYTHONUNBUFFERED": "1"},
+            workdir=root,
+            log_path=root / "server.log",
+            vcpus=instance_type.vcpus_on_host,
+            memory_mib=instance_type.memory_mib_on_host,
+            mount_opt_ml=False,
+        )
+        handle = self.ctx.executor.start(spec)
+        return InstanceClient("127.0.0.1", port), {
+            "Handle": handle.handle,
+            "Port": port,
+            "Log": str(spec.log_path),
+        }
+
+    def _wait_healthy(self, client: InstanceClient, handle: dict[str, Any], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            status = self.ctx.executor.poll(handle["Handle"])
+            if status.state is not State.RUNNING:
+                raise DeployFailed(
+                    f"The model server exited ({status.exit_code}): {_tail(handle['Log'])}"
+                )
+            try:
+                url = f"http://{client.host}:{client.port}/ping"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as error:
+                last = error.read().decode(errors="replace")[:800]
+                if error.code != 503:  # 503 means still loading; anything else is final
+                    self.ctx.executor.stop(handle["Handle"], grace_seconds=5)
+                    raise DeployFailed(
+                        f"The model server failed /ping ({error.code}): {last}"
+                    ) from None
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.ctx.executor.stop(handle["Handle"], grace_seconds=5)
+        detail = last or _tail(handle["Log"])
+        raise DeployFailed(f"The model server did not pass /ping within {timeout} s: {detail}")
+
+    # --- restart and deletion ---------------------------------------------------------------
+
+    def _reattach(self, record: Record) -> None:
+        recorded: dict[str, list[dict[str, Any]]] = record.body.get("_Instances") or {}
+        config = self.ctx.store.get(ENDPOINT_CONFIG, record.body["EndpointConfigName"])
+        alive = bool(recorded) and all(
+            self.ctx.executor.poll(h["Handle"]).state is State.RUNNING
+            for handles in recorded.values()
+            for h in handles
+        )
+        if not alive or config is None:
+            for handles in recorded.values():
+                for h in handles:
+                    self.ctx.executor.stop(h["Handle"], grace_seconds=5)
+            self._deploy(record.name)
+            return
+        weights = {
+            v["VariantName"]: v.get("InitialVariantWeight", 1.0)
+            for v in config.body["ProductionVariants"]
+        }
+        self.routes[record.name.lower()] = Route(
+            [
+                Variant(
+                    name,
+                    weights.get(name, 1.0),
+                    [InstanceClient("127.0.0.1", h["Port"]) for h in handles],
+                )
+                for name, handles in recorded.items()
+            ]
+        )
+        log.info("re-attached to endpoint %s", record.name)
+
+    def _undeploy(self, name: str) -> None:
+        self.routes.pop(name.lower(), None)
+        record = self.ctx.store.get(ENDPOINT, name)
+        if record is not None:
+            for handles in (record.body.get("_Instances") or {}).values():
+                for h in handles:
+                    self.ctx.executor.stop(h["Handle"], grace_seconds=10)
+            self.ctx.store.delete(ENDPOINT, name)
+        shutil.rmtree(self.ctx.endpoints_dir / name, ignore_errors=True)
+
+
+def _tail(path: str, lines: int = 5) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])[:800]
