@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import tarfile
 import time
 from collections.abc import Callable
@@ -353,15 +354,11 @@ def test_algorithm_trains_through_boto3_and_serves_its_model(
     _, x, y = case.data()
     model = module.model_fn(str(tmp_path / "model"))
     if case.request_type == "application/json":
-        import json
-
         body = json.dumps({"instances": [{"features": row.tolist()} for row in x]})
     else:
         body = csv_bytes(x).decode()
     predictions = module.predict_fn(module.input_fn(body, case.request_type), model)
     response, content_type = module.output_fn(predictions, "application/json")
-    import json
-
     parsed = json.loads(response)[case.response_key]
     assert content_type.startswith("application/json") and len(parsed) == len(y)
     case.check(parsed, x, y)
@@ -376,3 +373,45 @@ def test_a_missing_required_hyperparameter_fails_the_job_at_once(
     job = wait(server.client(), name, timeout=60)
     assert job["TrainingJobStatus"] == "Failed"
     assert "predictor_type" in job["FailureReason"]
+
+
+def test_a_built_in_algorithm_model_is_served_by_an_endpoint(server: SalviaServer) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("salvia.serving.model_server")
+    case = next(c for c in CASES if c.algorithm == "kmeans")
+    available(case)
+    sm, runtime = server.client(), server.client("sagemaker-runtime")
+    name = start_job(server, case, case.hyperparameters)
+    job = wait(sm, name)
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    sm.create_model(
+        ModelName=name,
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={
+            "Image": case.image,
+            "ModelDataUrl": job["ModelArtifacts"]["S3ModelArtifacts"],
+        },
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": name,
+                "InitialInstanceCount": 1,
+                "InstanceType": "ml.m5.large",
+            }
+        ],
+    )
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    sm.get_waiter("endpoint_in_service").wait(
+        EndpointName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 300}
+    )
+    _, x, _ = case.data()
+    response = runtime.invoke_endpoint(
+        EndpointName=name, ContentType="text/csv", Accept="application/json", Body=csv_bytes(x[:5])
+    )
+    predictions = json.loads(response["Body"].read())["predictions"]
+    assert len(predictions) == 5
+    assert {"closest_cluster", "distance_to_cluster"} <= set(predictions[0])
+    sm.delete_endpoint(EndpointName=name)
