@@ -422,3 +422,30 @@ def test_a_job_runs_on_the_ray_executor(tmp_path: Path) -> None:
     finally:
         server.stop()
         stop_local_cluster(home / "run" / "executor")
+
+
+def test_a_job_whose_instances_died_with_the_server_is_failed_with_a_reason(
+    own_server: SalviaServer,
+) -> None:
+    import os
+    import signal
+
+    pytest.importorskip("sklearn")
+    s3, sm = own_server.client("s3"), own_server.client()
+    s3.create_bucket(Bucket="lost")
+    name = unique("lost")
+    sm.create_training_job(
+        **job_request(own_server, "lost", name, "import time\ntime.sleep(300)\n")
+    )
+    deadline = time.monotonic() + 30
+    while sm.describe_training_job(TrainingJobName=name)["SecondaryStatus"] != "Training":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    own_server.stop()
+    for state in (own_server.home / "run" / "executor").glob("*/instance.json"):
+        record = json.loads(state.read_text())
+        os.kill(record["supervisor_pid"], signal.SIGKILL)  # a machine crash, as it were
+    own_server.start()
+    job = wait(own_server.client(), name, timeout=30)
+    assert job["TrainingJobStatus"] == "Failed"
+    assert "instance" in job["FailureReason"] and "gone" in job["FailureReason"]
