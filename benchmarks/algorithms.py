@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_throughput import free_port, wait_healthy
+from _salvia import running_salvia
 
 ACCOUNT = "382416733822.dkr.ecr.us-east-1.amazonaws.com"
 LOAD = "import numpy as np\ndata = np.loadtxt({path!r}, delimiter=',')\n"
@@ -170,40 +167,21 @@ def main() -> None:
     parser.add_argument("--only", default="")
     args = parser.parse_args()
     chosen = [b for b in BENCHES if not args.only or b.name in args.only.split(",")]
-    with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "SALVIA_HOME": home, "SALVIA_LOG_LEVEL": "warning"}
-        env.pop("SALVIA_DATABASE_URL", None)
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "salvia.cli.main", "server", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            wait_healthy(f"http://127.0.0.1:{port}/healthz", server)
-            kw = dict(
-                endpoint_url=f"http://127.0.0.1:{port}",
-                region_name="us-east-1",
-                aws_access_key_id="b",
-                aws_secret_access_key="b",
-            )
-            s3, sm = boto3.client("s3", **kw), boto3.client("sagemaker", **kw)
-            s3.create_bucket(Bucket="bench")
-            files = {}
-            for labeled in (True, False):
-                path = Path(home) / f"data-{labeled}.csv"
-                path.write_bytes(dataset(args.rows, labeled))
-                files[labeled] = path
-            print(f"{args.rows} rows x 20 features")
-            print(f"{'algorithm':16} {'salvia s':>9} {'reference s':>12} {'ratio':>6}")
-            for index, bench in enumerate(chosen):
-                s3.upload_file(str(files[bench.labeled]), "bench", f"{bench.name}/data.csv")
-                ours = job_seconds(sm, bench, f"bench-{index}-{int(time.time())}")
-                theirs = reference_seconds(bench, files[bench.labeled])
-                print(f"{bench.name:16} {ours:9.2f} {theirs:12.2f} {ours / theirs:6.2f}")
-        finally:
-            server.terminate()
-            server.wait(60)
+    with running_salvia() as salvia:
+        s3, sm = salvia.client("s3"), salvia.client("sagemaker")
+        s3.create_bucket(Bucket="bench")
+        files = {}
+        for labeled in (True, False):
+            path = salvia.home / f"data-{labeled}.csv"
+            path.write_bytes(dataset(args.rows, labeled))
+            files[labeled] = path
+        print(f"{args.rows} rows x 20 features")
+        print(f"{'algorithm':16} {'salvia s':>9} {'reference s':>12} {'ratio':>6}")
+        for index, bench in enumerate(chosen):
+            s3.upload_file(str(files[bench.labeled]), "bench", f"{bench.name}/data.csv")
+            ours = job_seconds(sm, bench, f"bench-{index}-{int(time.time())}")
+            theirs = reference_seconds(bench, files[bench.labeled])
+            print(f"{bench.name:16} {ours:9.2f} {theirs:12.2f} {ours / theirs:6.2f}")
     print("target: ratio <= 1.15")
 
 

@@ -23,10 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import boto3
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_throughput import free_port, wait_healthy
+from _salvia import running_salvia
 
 SCRIPT = """
 import os, pickle
@@ -101,29 +99,9 @@ def job_seconds(sm: object, name: str, code_uri: str) -> float:
 
 
 def measure_executor(executor: str, runs: int, data: bytes) -> list[float]:
-    with tempfile.TemporaryDirectory() as home:
-        port = free_port()
-        env = {
-            **os.environ,
-            "SALVIA_HOME": home,
-            "SALVIA_LOG_LEVEL": "warning",
-            "SALVIA_EXECUTOR": executor,
-        }
-        env.pop("SALVIA_DATABASE_URL", None)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "salvia.cli.main", "server", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
+    with running_salvia(SALVIA_EXECUTOR=executor) as salvia:
         try:
-            wait_healthy(f"http://127.0.0.1:{port}/healthz", server)
-            kw = dict(
-                endpoint_url=f"http://127.0.0.1:{port}",
-                region_name="us-east-1",
-                aws_access_key_id="b",
-                aws_secret_access_key="b",
-            )
-            s3, sm = boto3.client("s3", **kw), boto3.client("sagemaker", **kw)
+            s3, sm = salvia.client("s3"), salvia.client("sagemaker")
             s3.create_bucket(Bucket="bench")
             s3.put_object(Bucket="bench", Key="data/iris.csv", Body=data)
             buffer = io.BytesIO()
@@ -136,12 +114,10 @@ def measure_executor(executor: str, runs: int, data: bytes) -> list[float]:
             job_seconds(sm, f"warmup-{executor}", code)  # first job pays one-time costs
             return [job_seconds(sm, f"bench-{executor}-{i}", code) for i in range(runs)]
         finally:
-            server.terminate()
-            server.wait(60)
             if executor == "ray":  # the executor's local cluster outlives servers by design
                 from salvia.compute.ray_executor import stop_local_cluster
 
-                stop_local_cluster(Path(home) / "run" / "executor")
+                stop_local_cluster(salvia.home / "run" / "executor")
 
 
 def main() -> None:
