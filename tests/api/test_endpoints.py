@@ -225,3 +225,53 @@ def test_endpoints_come_back_in_service_after_a_restart(own_server: SalviaServer
             time.sleep(0.2)
     assert json.loads(response["Body"].read())["scaled"] == [6.0]
     sm.delete_endpoint(EndpointName=name)
+
+
+def test_update_weights_and_capacities(server: SalviaServer, runtime: Any) -> None:
+    sm = server.client()
+    name = deploy(
+        server,
+        {"factor.txt": b"1", "code/inference.py": HANDLERS.encode()},
+        variants=[("Blue", 0.5), ("Green", 0.5)],
+    )
+    arn = sm.update_endpoint_weights_and_capacities(
+        EndpointName=name,
+        DesiredWeightsAndCapacities=[
+            {"VariantName": "Blue", "DesiredWeight": 0.0},
+            {"VariantName": "Green", "DesiredWeight": 1.0, "DesiredInstanceCount": 2},
+        ],
+    )["EndpointArn"]
+    assert arn.endswith(f"endpoint/{name}")
+    sm.get_waiter("endpoint_in_service").wait(
+        EndpointName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 300}
+    )
+    variants = {
+        v["VariantName"]: v for v in sm.describe_endpoint(EndpointName=name)["ProductionVariants"]
+    }
+    assert variants["Green"]["CurrentInstanceCount"] == 2
+    assert variants["Blue"]["CurrentWeight"] == 0.0
+    served = Counter(
+        runtime.invoke_endpoint(
+            EndpointName=name, ContentType="application/json", Body=b'{"values": [1]}'
+        )["InvokedProductionVariant"]
+        for _ in range(50)
+    )
+    assert served == Counter({"Green": 50})
+    with pytest.raises(ClientError) as excinfo:
+        sm.update_endpoint_weights_and_capacities(
+            EndpointName=name,
+            DesiredWeightsAndCapacities=[{"VariantName": "Purple", "DesiredWeight": 1.0}],
+        )
+    assert excinfo.value.response["Error"]["Code"] == "ValidationException"
+    sm.update_endpoint_weights_and_capacities(
+        EndpointName=name,
+        DesiredWeightsAndCapacities=[{"VariantName": "Green", "DesiredInstanceCount": 1}],
+    )
+    sm.get_waiter("endpoint_in_service").wait(
+        EndpointName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 300}
+    )
+    variants = {
+        v["VariantName"]: v for v in sm.describe_endpoint(EndpointName=name)["ProductionVariants"]
+    }
+    assert variants["Green"]["CurrentInstanceCount"] == 1
+    sm.delete_endpoint(EndpointName=name)

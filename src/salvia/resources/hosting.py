@@ -209,6 +209,34 @@ class Hosting:
             },
         )
 
+    @operation("UpdateEndpointWeightsAndCapacities")
+    def update_endpoint_weights_and_capacities(self, request: dict[str, Any]) -> dict[str, Any]:
+        record = self._get(ENDPOINT, request["EndpointName"])
+        status = record.body.get("EndpointStatus")
+        if status != "InService":
+            raise ValidationException(
+                f"Cannot update endpoint {record.arn}: it is {status}, not InService."
+            )
+        names = {v["VariantName"] for v in record.body.get("ProductionVariants", [])}
+        for change in request["DesiredWeightsAndCapacities"]:
+            if change["VariantName"] not in names:
+                raise ValidationException(
+                    f"The variant {change['VariantName']} is not part of endpoint {record.name}."
+                )
+            if change.get("ServerlessUpdateConfig"):
+                raise NotImplementedOperation(
+                    "UpdateEndpointWeightsAndCapacities",
+                    detail="Serverless variants are not implemented by Salvia yet.",
+                )
+
+        def updating(endpoint: Record) -> None:
+            endpoint.body["EndpointStatus"] = "Updating"
+            endpoint.status = "Updating"
+
+        self.ctx.store.update(ENDPOINT, record.name, updating, self.ctx.clock.now())
+        self.engine.rescale(record.name, request["DesiredWeightsAndCapacities"])
+        return {"EndpointArn": record.arn}
+
     @operation("DeleteEndpoint")
     def delete_endpoint(self, request: dict[str, Any]) -> dict[str, Any]:
         record = self._get(ENDPOINT, request["EndpointName"])

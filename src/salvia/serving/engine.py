@@ -116,6 +116,11 @@ class EndpointEngine:
     def delete(self, name: str) -> None:
         self._spawn(name, lambda: self._undeploy(name))
 
+    def rescale(self, name: str, desired: list[dict[str, Any]]) -> None:
+        """Apply `UpdateEndpointWeightsAndCapacities`: new weights at once, instance counts by
+        starting (healthy first) or stopping instances."""
+        self._spawn(name, functools.partial(self._rescale, name, desired))
+
     def recover(self) -> None:
         from salvia.store.metadata import ListQuery
 
@@ -204,17 +209,19 @@ class EndpointEngine:
             raise
         return route, instances
 
-    def _model_dir(self, record: Record, variant: dict[str, Any]) -> tuple[Path, dict[str, str]]:
+    def _model_dir(
+        self, record: Record, variant: dict[str, Any], extract: bool = True
+    ) -> tuple[Path, dict[str, str]]:
         model = self.ctx.store.get(MODEL, variant["ModelName"])
         if model is None:
             raise DeployFailed(f"Model {variant['ModelName']} does not exist.")
         container = model.body.get("PrimaryContainer") or (model.body.get("Containers") or [{}])[0]
         directory = self.ctx.endpoints_dir / record.name / variant["VariantName"] / "model"
-        if directory.exists():
+        if extract and directory.exists():
             shutil.rmtree(directory)
-        directory.mkdir(parents=True)
+        directory.mkdir(parents=True, exist_ok=True)
         url = container.get("ModelDataUrl")
-        if url:
+        if url and extract:
             with tempfile.TemporaryDirectory() as scratch:
                 archive = Path(scratch) / "model.tar.gz"
                 try:
@@ -324,6 +331,55 @@ class EndpointEngine:
         detail = last or _tail(handle["Log"])
         raise DeployFailed(f"The model server did not pass /ping within {timeout} s: {detail}")
 
+    def _rescale(self, name: str, desired: list[dict[str, Any]]) -> None:
+        record = self.ctx.store.get(ENDPOINT, name)
+        route = self.routes.get(name.lower())
+        config = (
+            self.ctx.store.get(ENDPOINT_CONFIG, record.body["EndpointConfigName"])
+            if (record)
+            else None
+        )
+        if record is None or route is None or config is None:
+            return
+        instances: dict[str, list[dict[str, Any]]] = record.body.get("_Instances") or {}
+        variants = {v["VariantName"]: v for v in config.body["ProductionVariants"]}
+        for change in desired:
+            variant = next(v for v in route.variants if v.name == change["VariantName"])
+            if "DesiredWeight" in change:
+                variant.weight = change["DesiredWeight"]
+            count = change.get("DesiredInstanceCount")
+            handles = instances.setdefault(variant.name, [])
+            spec = variants[variant.name]
+            while count is not None and len(handles) < count:
+                model_dir, env = self._model_dir(record, spec, extract=False)
+                kind = lookup_instance_type(spec.get("InstanceType", "local"))
+                client, handle = self._start_instance(
+                    record, spec, len(handles) + _suffix(), model_dir, env, kind
+                )
+                self._wait_healthy(
+                    client, handle, spec.get("ContainerStartupHealthCheckTimeoutInSeconds", 240)
+                )
+                handles.append(handle)
+                variant.clients = [*variant.clients, client]
+            while count is not None and len(handles) > count:
+                handle = handles.pop()
+                variant.clients = [c for c in variant.clients if c.port != handle["Port"]]
+                self.ctx.executor.stop(handle["Handle"], grace_seconds=10)
+
+        def updated(body: dict[str, Any]) -> None:
+            body["_Instances"] = instances
+            body["EndpointStatus"] = "InService"
+            for summary in body.get("ProductionVariants", []):
+                live = next(v for v in route.variants if v.name == summary["VariantName"])
+                summary.update(
+                    DesiredWeight=live.weight,
+                    CurrentWeight=live.weight,
+                    CurrentInstanceCount=len(live.clients),
+                    DesiredInstanceCount=len(live.clients),
+                )
+
+        self._update(name, updated)
+
     # --- restart and deletion ---------------------------------------------------------------
 
     def _reattach(self, record: Record) -> None:
@@ -365,6 +421,11 @@ class EndpointEngine:
                     self.ctx.executor.stop(h["Handle"], grace_seconds=10)
             self.ctx.store.delete(ENDPOINT, name)
         shutil.rmtree(self.ctx.endpoints_dir / name, ignore_errors=True)
+
+
+def _suffix() -> int:
+    """Distinct directory numbers for instances added later (their predecessors may remain)."""
+    return int(time.time() * 1000) % 10**9
 
 
 def _tail(path: str, lines: int = 5) -> str:
