@@ -8,6 +8,7 @@ import json
 import pickle
 import tarfile
 import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -143,6 +144,13 @@ def test_custom_handlers_and_model_errors(server: SalviaServer, runtime: Any) ->
             EndpointName=name, ContentType="application/json", Body=b"x" * (7 * 1024 * 1024)
         )
     assert excinfo.value.response["Error"]["Code"] == "ValidationError"
+
+    with urllib.request.urlopen(f"{server.url}/metrics") as response:  # a Prometheus scrape
+        exposition = response.read().decode()
+    labels = f'{{endpoint="{name}",variant="AllTraffic"}}'
+    assert f"sagemaker_invocations_total{labels} 2" in exposition
+    assert f"sagemaker_invocation_5xx_errors_total{labels} 1" in exposition
+    assert f"sagemaker_model_latency_microseconds_sum{labels}" in exposition
 
 
 def test_two_variants_split_traffic_by_weight(server: SalviaServer, runtime: Any) -> None:

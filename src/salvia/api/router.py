@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from salvia.api.errors import error_response, new_request_id
 from salvia.api.json_protocol import JsonProtocol
@@ -86,6 +86,16 @@ class Router:
             return error_response(error, new_request_id())
         if path == "/healthz" and method in {"GET", "HEAD"}:
             return JSONResponse({"status": "ok"})
+        # Prometheus scrapes without signing; a signed GET /metrics is S3 listing a bucket
+        if (
+            path == "/metrics"
+            and method == "GET"
+            and self.runtime is not None
+            and not any(name == b"authorization" for name, _ in scope["headers"])
+        ):
+            return PlainTextResponse(
+                self.runtime.metrics.prometheus(), media_type="text/plain; version=0.0.4"
+            )
         if self.runtime is not None:
             endpoint = self.runtime.endpoint_of(method, path)
             if endpoint is not None:

@@ -8,6 +8,7 @@ instance round-robin over pooled keep-alive connections. A container's non-2xx a
 from __future__ import annotations
 
 import logging
+import time
 import urllib.parse
 from typing import Any
 
@@ -21,6 +22,7 @@ from salvia.config import Settings
 from salvia.errors import SalviaError
 from salvia.serving.client import InstanceUnavailable
 from salvia.serving.engine import ENDPOINT, EndpointEngine
+from salvia.serving.metrics import InvocationMetrics
 from salvia.store.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class RuntimeProtocol:
         self.engine = engine
         self.store = store
         self.settings = settings
+        self.metrics = InvocationMetrics()
 
     @staticmethod
     def endpoint_of(method: str, path: str) -> str | None:
@@ -101,10 +104,12 @@ class RuntimeProtocol:
                 "ValidationError", f"Endpoint {name} has no variant {target}.", 400, request_id
             )
         headers = {h: request.headers[h] for h in _FORWARDED if h in request.headers}
+        received = time.perf_counter()
         try:
             reply = await variant.pick().request(
                 "POST", "/invocations", b"".join(chunks), headers, TIMEOUT_SECONDS
             )
+            answered = time.perf_counter()
         except TimeoutError:
             return _error(
                 "ModelError",
@@ -122,6 +127,9 @@ class RuntimeProtocol:
         log_stream = (
             f"arn:aws:logs:{self.settings.region}:{self.settings.account_id}:log-group:"
             f"/aws/sagemaker/Endpoints/{name}"
+        )
+        self.metrics.record(
+            name, variant.name, reply.status, answered - received, time.perf_counter() - received
         )
         if not 200 <= reply.status < 300:
             original = reply.body.decode("utf-8", errors="replace")[:4096]

@@ -1,0 +1,89 @@
+"""Per-variant invocation metrics, named as SageMaker's CloudWatch metrics, exposed in the
+Prometheus text format: Invocations, Invocation4XXErrors, Invocation5XXErrors, and
+ModelLatency / OverheadLatency in microseconds (as sums and counts, so rates and means follow)."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+
+
+@dataclass
+class _Variant:
+    invocations: int = 0
+    errors_4xx: int = 0
+    errors_5xx: int = 0
+    model_latency_us: float = 0.0
+    overhead_latency_us: float = 0.0
+    timed: int = 0
+
+
+class InvocationMetrics:
+    """Thread-safe counters keyed by (endpoint, variant)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._variants: dict[tuple[str, str], _Variant] = defaultdict(_Variant)
+
+    def record(
+        self, endpoint: str, variant: str, status: int, model_s: float, total_s: float
+    ) -> None:
+        with self._lock:
+            entry = self._variants[(endpoint, variant)]
+            entry.invocations += 1
+            if 400 <= status < 500:
+                entry.errors_4xx += 1
+            elif status >= 500:
+                entry.errors_5xx += 1
+            entry.model_latency_us += model_s * 1e6
+            entry.overhead_latency_us += max(total_s - model_s, 0.0) * 1e6
+            entry.timed += 1
+
+    def prometheus(self) -> str:
+        with self._lock:
+            items = sorted(self._variants.items())
+        families = [
+            ("sagemaker_invocations_total", "counter", "Invocations", lambda v: v.invocations),
+            (
+                "sagemaker_invocation_4xx_errors_total",
+                "counter",
+                "Invocations the model answered with a 4xx",
+                lambda v: v.errors_4xx,
+            ),
+            (
+                "sagemaker_invocation_5xx_errors_total",
+                "counter",
+                "Invocations the model answered with a 5xx",
+                lambda v: v.errors_5xx,
+            ),
+            (
+                "sagemaker_model_latency_microseconds_sum",
+                "counter",
+                "Time spent in the model server",
+                lambda v: v.model_latency_us,
+            ),
+            (
+                "sagemaker_overhead_latency_microseconds_sum",
+                "counter",
+                "Time the gateway added",
+                lambda v: v.overhead_latency_us,
+            ),
+            (
+                "sagemaker_latency_samples_total",
+                "counter",
+                "Invocations timed for the latency sums",
+                lambda v: v.timed,
+            ),
+        ]
+        lines = []
+        for name, kind, help_text, value in families:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            for (endpoint, variant), entry in items:
+                labels = f'endpoint="{_escape(endpoint)}",variant="{_escape(variant)}"'
+                lines.append(f"{name}{{{labels}}} {value(entry)}")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
