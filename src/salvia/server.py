@@ -38,6 +38,7 @@ from salvia.resources.tags import Tags
 from salvia.resources.training import TrainingJobs
 from salvia.resources.trial_components import TrialComponents
 from salvia.runstate import clear_state, write_state
+from salvia.serving.capture import CaptureWriter
 from salvia.serving.engine import EndpointEngine, ServingContext
 from salvia.store.metadata import MetadataStore
 from salvia.store.objects import ObjectStore, object_store_from_settings
@@ -67,6 +68,7 @@ class Platform:
     app: Router
     training: TrainingEngine
     serving: EndpointEngine
+    capture: CaptureWriter
 
     def start(self, public_url: str) -> None:
         """Begin background work: jobs and endpoints a previous server left are re-attached."""
@@ -77,6 +79,7 @@ class Platform:
     def close(self) -> None:
         self.training.shutdown()
         self.serving.shutdown()
+        self.capture.close()
         self.training.ctx.executor.close()
         self.store.close()
         self.objects.close()
@@ -105,6 +108,7 @@ def create_platform(settings: Settings) -> Platform:
             clock=clock,
         )
     )
+    capture = CaptureWriter(objects)
     serving = EndpointEngine(ServingContext(settings, store, objects, executor, runtimes, clock))
     training_jobs = TrainingJobs(ctx, training, experiments)
     training.ctx.on_finished = training_jobs.on_finished
@@ -142,10 +146,16 @@ def create_platform(settings: Settings) -> Platform:
             RestJsonProtocol(service_model("sagemaker-featurestore-runtime"), {}, run),
         ],
         fallback=S3Protocol(objects, settings.runtime_dir / "s3", region=settings.region),
-        runtime=RuntimeProtocol(serving, store, settings),
+        runtime=RuntimeProtocol(serving, store, settings, capture),
     )
     return Platform(
-        settings=settings, store=store, objects=objects, app=app, training=training, serving=serving
+        settings=settings,
+        store=store,
+        objects=objects,
+        app=app,
+        training=training,
+        serving=serving,
+        capture=capture,
     )
 
 

@@ -283,3 +283,73 @@ def test_update_weights_and_capacities(server: SalviaServer, runtime: Any) -> No
     }
     assert variants["Green"]["CurrentInstanceCount"] == 1
     sm.delete_endpoint(EndpointName=name)
+
+
+def test_data_capture_writes_sagemaker_json_lines(server: SalviaServer, runtime: Any) -> None:
+    sm, s3 = server.client(), server.client("s3")
+    name = unique("cap")
+    if "hosting" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket="hosting")
+    s3.put_object(
+        Bucket="hosting",
+        Key=f"{name}/model.tar.gz",
+        Body=archive({"factor.txt": b"2", "code/inference.py": HANDLERS.encode()}),
+    )
+    sm.create_model(
+        ModelName=name,
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={
+            "Image": SKLEARN_IMAGE,
+            "ModelDataUrl": f"s3://hosting/{name}/model.tar.gz",
+        },
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": name,
+                "InitialInstanceCount": 1,
+                "InstanceType": "ml.m5.large",
+            }
+        ],
+        DataCaptureConfig={
+            "EnableCapture": True,
+            "InitialSamplingPercentage": 100,
+            "DestinationS3Uri": f"s3://hosting/capture-{name}",
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+        },
+    )
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    sm.get_waiter("endpoint_in_service").wait(
+        EndpointName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 300}
+    )
+    bodies = [json.dumps({"values": [i]}) for i in range(5)]
+    for i, body in enumerate(bodies):
+        runtime.invoke_endpoint(
+            EndpointName=name, ContentType="application/json", Body=body, InferenceId=f"call-{i}"
+        )
+    deadline = time.monotonic() + 15
+    records: list[dict[str, Any]] = []
+    while len(records) < 5:
+        assert time.monotonic() < deadline, records
+        time.sleep(0.5)
+        listed = s3.list_objects_v2(Bucket="hosting", Prefix=f"capture-{name}/{name}/AllTraffic/")
+        records = [
+            json.loads(line)
+            for item in listed.get("Contents", [])
+            for line in s3.get_object(Bucket="hosting", Key=item["Key"])["Body"].read().splitlines()
+        ]
+    by_id = {r["eventMetadata"]["inferenceId"]: r for r in records}
+    for i, body in enumerate(bodies):
+        record = by_id[f"call-{i}"]
+        assert record["eventVersion"] == "0"
+        captured = record["captureData"]
+        assert captured["endpointInput"] == {
+            "observedContentType": "application/json",
+            "mode": "INPUT",
+            "data": body,
+            "encoding": "JSON",
+        }
+        assert json.loads(captured["endpointOutput"]["data"])["scaled"] == [2.0 * i]
+    sm.delete_endpoint(EndpointName=name)

@@ -20,6 +20,7 @@ from salvia.api.auth import parse_authorization
 from salvia.api.errors import new_request_id
 from salvia.config import Settings
 from salvia.errors import SalviaError
+from salvia.serving.capture import CaptureWriter
 from salvia.serving.client import InstanceUnavailable
 from salvia.serving.engine import ENDPOINT, EndpointEngine
 from salvia.serving.metrics import InvocationMetrics
@@ -49,11 +50,18 @@ def _error(code: str, message: str, status: int, request_id: str, **extra: Any) 
 
 
 class RuntimeProtocol:
-    def __init__(self, engine: EndpointEngine, store: MetadataStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        engine: EndpointEngine,
+        store: MetadataStore,
+        settings: Settings,
+        capture: CaptureWriter | None = None,
+    ) -> None:
         self.engine = engine
         self.store = store
         self.settings = settings
         self.metrics = InvocationMetrics()
+        self.capture = capture
 
     @staticmethod
     def endpoint_of(method: str, path: str) -> str | None:
@@ -143,14 +151,19 @@ class RuntimeProtocol:
                 OriginalMessage=original,
                 LogStreamArn=log_stream,
             )
+        content_type = reply.headers.get("content-type", "application/json")
+        if route.capture and self.capture is not None:
+            self.capture.capture(
+                route.capture,
+                name,
+                variant.name,
+                (b"".join(chunks), request.headers.get("content-type", "application/octet-stream")),
+                (reply.body, content_type),
+                request.headers.get("x-amzn-sagemaker-inference-id"),
+            )
         out = {"x-amzn-RequestId": request_id, "x-Amzn-Invoked-Production-Variant": variant.name}
         if "x-amzn-sagemaker-custom-attributes" in reply.headers:
             out["X-Amzn-SageMaker-Custom-Attributes"] = reply.headers[
                 "x-amzn-sagemaker-custom-attributes"
             ]
-        return Response(
-            reply.body,
-            status_code=200,
-            media_type=reply.headers.get("content-type", "application/json"),
-            headers=out,
-        )
+        return Response(reply.body, status_code=200, media_type=content_type, headers=out)

@@ -62,6 +62,7 @@ class Variant:
 @dataclass
 class Route:
     variants: list[Variant] = field(default_factory=list)
+    capture: dict[str, Any] | None = None  # the endpoint config's DataCaptureConfig
 
     def choose(self, target: str | None = None) -> Variant | None:
         if target is not None:
@@ -190,7 +191,7 @@ class EndpointEngine:
         config = self.ctx.store.get(ENDPOINT_CONFIG, record.body["EndpointConfigName"])
         if config is None:
             raise DeployFailed(f"Endpoint config {record.body['EndpointConfigName']} is gone.")
-        route = Route()
+        route = Route(capture=config.body.get("DataCaptureConfig"))
         instances: dict[str, list[dict[str, Any]]] = {}
         started: list[str] = []
         try:
@@ -401,14 +402,15 @@ class EndpointEngine:
             for v in config.body["ProductionVariants"]
         }
         self.routes[record.name.lower()] = Route(
-            [
+            capture=config.body.get("DataCaptureConfig"),
+            variants=[
                 Variant(
                     name,
                     weights.get(name, 1.0),
                     [InstanceClient("127.0.0.1", h["Port"]) for h in handles],
                 )
                 for name, handles in recorded.items()
-            ]
+            ],
         )
         log.info("re-attached to endpoint %s", record.name)
 
