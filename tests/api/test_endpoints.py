@@ -353,3 +353,71 @@ def test_data_capture_writes_sagemaker_json_lines(server: SalviaServer, runtime:
         }
         assert json.loads(captured["endpointOutput"]["data"])["scaled"] == [2.0 * i]
     sm.delete_endpoint(EndpointName=name)
+
+
+def test_blue_green_update_moves_traffic_or_rolls_back(server: SalviaServer, runtime: Any) -> None:
+    sm, s3 = server.client(), server.client("s3")
+    name = deploy(server, {"factor.txt": b"1", "code/inference.py": HANDLERS.encode()})
+
+    def config_for(label: str, files: dict[str, bytes]) -> str:
+        model = f"{name}-{label}"
+        s3.put_object(Bucket="hosting", Key=f"{model}/model.tar.gz", Body=archive(files))
+        sm.create_model(
+            ModelName=model,
+            ExecutionRoleArn=ROLE,
+            PrimaryContainer={
+                "Image": SKLEARN_IMAGE,
+                "ModelDataUrl": f"s3://hosting/{model}/model.tar.gz",
+            },
+        )
+        sm.create_endpoint_config(
+            EndpointConfigName=model,
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": model,
+                    "InitialInstanceCount": 1,
+                    "InstanceType": "ml.m5.large",
+                }
+            ],
+        )
+        return model
+
+    def scaled() -> list[float]:
+        response = runtime.invoke_endpoint(
+            EndpointName=name, ContentType="application/json", Body=b'{"values": [1]}'
+        )
+        return list(json.loads(response["Body"].read())["scaled"])
+
+    def settle() -> dict[str, Any]:
+        deadline = time.monotonic() + 120
+        while (found := sm.describe_endpoint(EndpointName=name))["EndpointStatus"] == "Updating":
+            assert time.monotonic() < deadline
+            assert scaled() == [1.0]  # the old fleet serves throughout
+            time.sleep(0.1)
+        return dict(found)
+
+    broken = config_for(
+        "broken",
+        {"code/inference.py": b"def model_fn(d):\n    raise RuntimeError('bad weights')\n"},
+    )
+    sm.update_endpoint(EndpointName=name, EndpointConfigName=broken)
+    rolled_back = settle()
+    assert rolled_back["EndpointStatus"] == "InService"
+    assert rolled_back["EndpointConfigName"] == name
+    assert (
+        "rolled back" in rolled_back["FailureReason"]
+        and "bad weights" in rolled_back["FailureReason"]
+    )
+    assert scaled() == [1.0]
+
+    good = config_for("v2", {"factor.txt": b"4", "code/inference.py": HANDLERS.encode()})
+    sm.update_endpoint(EndpointName=name, EndpointConfigName=good)
+    deadline = time.monotonic() + 120
+    while sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Updating":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    updated = sm.describe_endpoint(EndpointName=name)
+    assert updated["EndpointConfigName"] == good and "FailureReason" not in updated
+    assert scaled() == [4.0]
+    sm.delete_endpoint(EndpointName=name)

@@ -209,6 +209,33 @@ class Hosting:
             },
         )
 
+    @operation("UpdateEndpoint")
+    def update_endpoint(self, request: dict[str, Any]) -> dict[str, Any]:
+        record = self._get(ENDPOINT, request["EndpointName"])
+        config = self._get(ENDPOINT_CONFIG, request["EndpointConfigName"])
+        status = record.body.get("EndpointStatus")
+        if status != "InService":
+            raise ValidationException(
+                f"Cannot update endpoint {record.arn}: it is {status}, not InService."
+            )
+        for unsupported in (
+            "DeploymentConfig",
+            "RetainAllVariantProperties",
+            "ExcludeRetainedVariantProperties",
+        ):
+            if request.get(unsupported):
+                raise NotImplementedOperation(
+                    "UpdateEndpoint", detail=f"{unsupported} is not implemented by Salvia yet."
+                )
+
+        def updating(endpoint: Record) -> None:
+            endpoint.body["EndpointStatus"] = "Updating"
+            endpoint.status = "Updating"
+
+        self.ctx.store.update(ENDPOINT, record.name, updating, self.ctx.clock.now())
+        self.engine.update(record.name, config.name)
+        return {"EndpointArn": record.arn}
+
     @operation("UpdateEndpointWeightsAndCapacities")
     def update_endpoint_weights_and_capacities(self, request: dict[str, Any]) -> dict[str, Any]:
         record = self._get(ENDPOINT, request["EndpointName"])

@@ -9,6 +9,7 @@ stored, so a restarted server re-attaches to instances that still run and replac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import random
@@ -20,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +118,11 @@ class EndpointEngine:
 
     def delete(self, name: str) -> None:
         self._spawn(name, lambda: self._undeploy(name))
+
+    def update(self, name: str, config_name: str) -> None:
+        """Blue/green: the new config's fleet must be healthy before traffic moves to it; when it
+        is not, the old fleet keeps serving and the endpoint returns to InService (rollback)."""
+        self._spawn(name, functools.partial(self._blue_green, name, config_name))
 
     def rescale(self, name: str, desired: list[dict[str, Any]]) -> None:
         """Apply `UpdateEndpointWeightsAndCapacities`: new weights at once, instance counts by
@@ -217,7 +224,7 @@ class EndpointEngine:
         if model is None:
             raise DeployFailed(f"Model {variant['ModelName']} does not exist.")
         container = model.body.get("PrimaryContainer") or (model.body.get("Containers") or [{}])[0]
-        directory = self.ctx.endpoints_dir / record.name / variant["VariantName"] / "model"
+        directory = _variant_dir(self.ctx.endpoints_dir, record, variant) / "model"
         if extract and directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -274,7 +281,7 @@ class EndpointEngine:
         import os
         import sys
 
-        root = self.ctx.endpoints_dir / record.name / variant["VariantName"] / f"instance-{index}"
+        root = _variant_dir(self.ctx.endpoints_dir, record, variant) / f"instance-{index}"
         root.mkdir(parents=True, exist_ok=True)
         port = _free_port()
         base = {k: os.environ[k] for k in ("PATH", "LANG", "HOME", "TMPDIR") if k in os.environ}
@@ -381,6 +388,59 @@ class EndpointEngine:
 
         self._update(name, updated)
 
+    def _blue_green(self, name: str, config_name: str) -> None:
+        record = self.ctx.store.get(ENDPOINT, name)
+        if record is None:
+            return
+        old_instances: dict[str, list[dict[str, Any]]] = record.body.get("_Instances") or {}
+        generation = uuid.uuid4().hex[:8]  # the new fleet's own directories, beside the old
+        staged = dataclasses.replace(
+            record,
+            body={**record.body, "EndpointConfigName": config_name, "_Generation": generation},
+        )
+        try:
+            route, instances = self._start_variants(staged)
+        except DeployFailed as failure:
+            reason = (
+                f"Update to endpoint config {config_name} failed and was rolled back: {failure}"
+            )
+
+            def rolled_back(body: dict[str, Any]) -> None:
+                body["EndpointStatus"] = "InService"
+                body["FailureReason"] = reason[:1024]
+
+            self._update(name, rolled_back)
+            return
+        config = self.ctx.store.get(ENDPOINT_CONFIG, config_name)
+        self.routes[name.lower()] = route  # traffic moves only now, to a healthy fleet
+        for handles in old_instances.values():
+            for handle in handles:
+                self.ctx.executor.stop(handle["Handle"], grace_seconds=10)
+        old_generation = record.body.get("_Generation", "g0")
+        shutil.rmtree(self.ctx.endpoints_dir / name / old_generation, ignore_errors=True)
+
+        def switched(body: dict[str, Any]) -> None:
+            body.update(
+                EndpointConfigName=config_name,
+                EndpointStatus="InService",
+                _Instances=instances,
+                _Generation=generation,
+            )
+            body.pop("FailureReason", None)
+            body["ProductionVariants"] = [
+                {
+                    "VariantName": v["VariantName"],
+                    "CurrentWeight": v["InitialVariantWeight"],
+                    "DesiredWeight": v["InitialVariantWeight"],
+                    "CurrentInstanceCount": v["InitialInstanceCount"],
+                    "DesiredInstanceCount": v["InitialInstanceCount"],
+                    "VariantStatus": [{"Status": "InService"}],
+                }
+                for v in (config.body["ProductionVariants"] if config else [])
+            ]
+
+        self._update(name, switched)
+
     # --- restart and deletion ---------------------------------------------------------------
 
     def _reattach(self, record: Record) -> None:
@@ -423,6 +483,11 @@ class EndpointEngine:
                     self.ctx.executor.stop(h["Handle"], grace_seconds=10)
             self.ctx.store.delete(ENDPOINT, name)
         shutil.rmtree(self.ctx.endpoints_dir / name, ignore_errors=True)
+
+
+def _variant_dir(root: Path, record: Record, variant: dict[str, Any]) -> Path:
+    generation = record.body.get("_Generation", "g0")
+    return root / record.name / generation / variant["VariantName"]
 
 
 def _suffix() -> int:
