@@ -421,3 +421,80 @@ def test_blue_green_update_moves_traffic_or_rolls_back(server: SalviaServer, run
     assert updated["EndpointConfigName"] == good and "FailureReason" not in updated
     assert scaled() == [4.0]
     sm.delete_endpoint(EndpointName=name)
+
+
+def test_shadow_variants_get_copies_whose_answers_are_never_returned(
+    server: SalviaServer, runtime: Any
+) -> None:
+    sm, s3 = server.client(), server.client("s3")
+    name = unique("shadow")
+    if "hosting" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket="hosting")
+    for label, factor in (("prod", b"1"), ("shadow", b"100")):
+        s3.put_object(
+            Bucket="hosting",
+            Key=f"{name}-{label}/model.tar.gz",
+            Body=archive({"factor.txt": factor, "code/inference.py": HANDLERS.encode()}),
+        )
+        sm.create_model(
+            ModelName=f"{name}-{label}",
+            ExecutionRoleArn=ROLE,
+            PrimaryContainer={
+                "Image": SKLEARN_IMAGE,
+                "ModelDataUrl": f"s3://hosting/{name}-{label}/model.tar.gz",
+            },
+        )
+    sm.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {
+                "VariantName": "Prod",
+                "ModelName": f"{name}-prod",
+                "InitialInstanceCount": 1,
+                "InstanceType": "ml.m5.large",
+            }
+        ],
+        ShadowProductionVariants=[
+            {
+                "VariantName": "Shadow",
+                "ModelName": f"{name}-shadow",
+                "InitialInstanceCount": 1,
+                "InstanceType": "ml.m5.large",
+                "InitialVariantWeight": 1.0,
+            }
+        ],
+        DataCaptureConfig={
+            "EnableCapture": True,
+            "InitialSamplingPercentage": 100,
+            "DestinationS3Uri": f"s3://hosting/capture-{name}",
+            "CaptureOptions": [{"CaptureMode": "Output"}],
+        },
+    )
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    sm.get_waiter("endpoint_in_service").wait(
+        EndpointName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 300}
+    )
+    assert (
+        sm.describe_endpoint(EndpointName=name)["ShadowProductionVariants"][0]["VariantName"]
+        == "Shadow"
+    )
+    for _ in range(10):
+        response = runtime.invoke_endpoint(
+            EndpointName=name, ContentType="application/json", Body=b'{"values": [1]}'
+        )
+        assert response["InvokedProductionVariant"] == "Prod"
+        assert json.loads(response["Body"].read())["scaled"] == [1.0]  # never the shadow's
+    deadline = time.monotonic() + 15
+    while True:
+        listed = s3.list_objects_v2(Bucket="hosting", Prefix=f"capture-{name}/{name}/Shadow/")
+        outputs = [
+            json.loads(line)["captureData"]["endpointOutput"]["data"]
+            for item in listed.get("Contents", [])
+            for line in s3.get_object(Bucket="hosting", Key=item["Key"])["Body"].read().splitlines()
+        ]
+        if len(outputs) >= 10:
+            break
+        assert time.monotonic() < deadline, outputs
+        time.sleep(0.5)
+    assert all(json.loads(o)["scaled"] == [100.0] for o in outputs)  # recorded, not returned
+    sm.delete_endpoint(EndpointName=name)

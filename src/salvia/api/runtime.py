@@ -7,7 +7,9 @@ instance round-robin over pooled keep-alive connections. A container's non-2xx a
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 import urllib.parse
 from typing import Any
@@ -22,7 +24,7 @@ from salvia.config import Settings
 from salvia.errors import SalviaError
 from salvia.serving.capture import CaptureWriter
 from salvia.serving.client import InstanceUnavailable
-from salvia.serving.engine import ENDPOINT, EndpointEngine
+from salvia.serving.engine import ENDPOINT, EndpointEngine, Route, Variant
 from salvia.serving.metrics import InvocationMetrics
 from salvia.store.metadata import MetadataStore
 
@@ -62,6 +64,36 @@ class RuntimeProtocol:
         self.settings = settings
         self.metrics = InvocationMetrics()
         self.capture = capture
+        self._mirrors: set[asyncio.Task[None]] = set()  # shadow calls in flight
+
+    async def _mirror(
+        self,
+        route: Route,
+        name: str,
+        shadow: Variant,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str],
+    ) -> None:
+        """A shadow variant's copy of a request: measured and captured, never returned."""
+        started = time.perf_counter()
+        try:
+            reply = await shadow.pick().request(
+                "POST", "/invocations", body, headers, TIMEOUT_SECONDS
+            )
+        except (InstanceUnavailable, TimeoutError):
+            self.metrics.record(name, shadow.name, 503, 0.0, time.perf_counter() - started)
+            return
+        elapsed = time.perf_counter() - started
+        self.metrics.record(name, shadow.name, reply.status, elapsed, elapsed)
+        if route.capture and self.capture is not None and 200 <= reply.status < 300:
+            self.capture.capture(
+                route.capture,
+                name,
+                shadow.name,
+                (body, content_type),
+                (reply.body, reply.headers.get("content-type", "application/json")),
+            )
 
     @staticmethod
     def endpoint_of(method: str, path: str) -> str | None:
@@ -152,12 +184,20 @@ class RuntimeProtocol:
                 LogStreamArn=log_stream,
             )
         content_type = reply.headers.get("content-type", "application/json")
+        request_type = request.headers.get("content-type", "application/octet-stream")
+        for shadow, share in route.shadows:
+            if random.random() < share:
+                task = asyncio.create_task(
+                    self._mirror(route, name, shadow, b"".join(chunks), request_type, headers)
+                )
+                self._mirrors.add(task)
+                task.add_done_callback(self._mirrors.discard)
         if route.capture and self.capture is not None:
             self.capture.capture(
                 route.capture,
                 name,
                 variant.name,
-                (b"".join(chunks), request.headers.get("content-type", "application/octet-stream")),
+                (b"".join(chunks), request_type),
                 (reply.body, content_type),
                 request.headers.get("x-amzn-sagemaker-inference-id"),
             )

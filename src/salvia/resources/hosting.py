@@ -118,7 +118,16 @@ class Hosting:
             lookup_instance_type(variant.get("InstanceType") or "local")
             variant.setdefault("InitialVariantWeight", 1.0)
             variant.setdefault("InitialInstanceCount", 1)
-        for unsupported in ("ShadowProductionVariants", "AsyncInferenceConfig"):
+        shadows = request.get("ShadowProductionVariants") or []
+        for variant in shadows:
+            self._get(MODEL, variant["ModelName"])
+            lookup_instance_type(variant.get("InstanceType") or "local")
+            variant.setdefault("InitialVariantWeight", 1.0)
+            variant.setdefault("InitialInstanceCount", 1)
+        all_names = names + [v["VariantName"] for v in shadows]
+        if len(set(all_names)) != len(all_names):
+            raise ValidationException("Shadow variants need VariantNames of their own.")
+        for unsupported in ("AsyncInferenceConfig",):
             if request.get(unsupported):
                 raise NotImplementedOperation(
                     "CreateEndpointConfig",
@@ -179,6 +188,18 @@ class Hosting:
             "EndpointStatus": "Creating",
             "ProductionVariants": variants,
         }
+        shadows = config.body.get("ShadowProductionVariants") or []
+        if shadows:
+            body["ShadowProductionVariants"] = [
+                {
+                    "VariantName": v["VariantName"],
+                    "DesiredWeight": v.get("InitialVariantWeight", 1.0),
+                    "DesiredInstanceCount": v.get("InitialInstanceCount", 1),
+                    "CurrentWeight": v.get("InitialVariantWeight", 1.0),
+                    "CurrentInstanceCount": v.get("InitialInstanceCount", 1),
+                }
+                for v in shadows
+            ]
         record = self._create(
             ENDPOINT,
             request["EndpointName"],

@@ -65,6 +65,8 @@ class Variant:
 class Route:
     variants: list[Variant] = field(default_factory=list)
     capture: dict[str, Any] | None = None  # the endpoint config's DataCaptureConfig
+    # shadow variants get a sampled copy of each request; their answers are never returned
+    shadows: list[tuple[Variant, float]] = field(default_factory=list)  # (variant, sampling 0-1)
 
     def choose(self, target: str | None = None) -> Variant | None:
         if target is not None:
@@ -201,16 +203,22 @@ class EndpointEngine:
         route = Route(capture=config.body.get("DataCaptureConfig"))
         instances: dict[str, list[dict[str, Any]]] = {}
         started: list[str] = []
+        production = config.body["ProductionVariants"]
+        shadows = config.body.get("ShadowProductionVariants") or []
+        total = sum(v.get("InitialVariantWeight", 1.0) for v in production) or 1.0
         try:
-            for variant in config.body["ProductionVariants"]:
+            for variant in [*production, *shadows]:
                 clients, handles = self._start_variant(record, variant)
                 started += [h["Handle"] for h in handles]
                 instances[variant["VariantName"]] = handles
-                route.variants.append(
-                    Variant(
-                        variant["VariantName"], variant.get("InitialVariantWeight", 1.0), clients
-                    )
+                live = Variant(
+                    variant["VariantName"], variant.get("InitialVariantWeight", 1.0), clients
                 )
+                if variant in shadows:
+                    # a shadow's weight relative to production's is the share it mirrors
+                    route.shadows.append((live, min(live.weight / total, 1.0)))
+                else:
+                    route.variants.append(live)
         except Exception:
             for handle in started:
                 self.ctx.executor.stop(handle, grace_seconds=5)
@@ -457,21 +465,19 @@ class EndpointEngine:
                     self.ctx.executor.stop(h["Handle"], grace_seconds=5)
             self._deploy(record.name)
             return
-        weights = {
-            v["VariantName"]: v.get("InitialVariantWeight", 1.0)
-            for v in config.body["ProductionVariants"]
-        }
-        self.routes[record.name.lower()] = Route(
-            capture=config.body.get("DataCaptureConfig"),
-            variants=[
-                Variant(
-                    name,
-                    weights.get(name, 1.0),
-                    [InstanceClient("127.0.0.1", h["Port"]) for h in handles],
-                )
-                for name, handles in recorded.items()
-            ],
-        )
+        production = config.body["ProductionVariants"]
+        shadows = {v["VariantName"]: v for v in config.body.get("ShadowProductionVariants") or []}
+        weights = {v["VariantName"]: v.get("InitialVariantWeight", 1.0) for v in production}
+        total = sum(weights.values()) or 1.0
+        route = Route(capture=config.body.get("DataCaptureConfig"))
+        for name, handles in recorded.items():
+            clients = [InstanceClient("127.0.0.1", h["Port"]) for h in handles]
+            if name in shadows:
+                weight = shadows[name].get("InitialVariantWeight", 1.0)
+                route.shadows.append((Variant(name, weight, clients), min(weight / total, 1.0)))
+            else:
+                route.variants.append(Variant(name, weights.get(name, 1.0), clients))
+        self.routes[record.name.lower()] = route
         log.info("re-attached to endpoint %s", record.name)
 
     def _undeploy(self, name: str) -> None:
