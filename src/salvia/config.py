@@ -38,6 +38,8 @@ class Settings:
     executor: str = "local"
     # the Ray cluster's address for executor="ray"; empty starts a local one
     ray_address: str = ""
+    # seconds between two passes of the endpoint autoscaler (Application Auto Scaling policies)
+    autoscaling_period: float = 5.0
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -64,6 +66,8 @@ class Settings:
             raise ValueError(f"auth_mode must be 'open', got {self.auth_mode!r}")
         if self.executor not in {"local", "ray"}:
             raise ValueError(f"executor must be 'local' or 'ray', got {self.executor!r}")
+        if not self.autoscaling_period > 0:
+            raise ValueError(f"autoscaling_period must be > 0, got {self.autoscaling_period}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         return self
@@ -83,6 +87,7 @@ _ENV = {
     "SALVIA_LOG_LEVEL": "log_level",
     "SALVIA_EXECUTOR": "executor",
     "SALVIA_RAY_ADDRESS": "ray_address",
+    "SALVIA_AUTOSCALING_PERIOD": "autoscaling_period",
 }
 
 
@@ -91,6 +96,8 @@ def _coerce(name: str, value: Any) -> Any:
         return Path(str(value)).expanduser().resolve()
     if name == "port":
         return int(value)
+    if name == "autoscaling_period":
+        return float(value)
     return str(value)
 
 

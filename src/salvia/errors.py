@@ -13,7 +13,9 @@
     ├── IncompleteSignature        a malformed Authorization header
     ├── InternalFailure            a bug of ours; logged with its traceback, answered as 500
     ├── ResourceNotFoundException  CloudWatch Logs' "not found" (a missing log group or stream)
-    └── InvalidParameterException  CloudWatch Logs' bad input (its ValidationException)
+    ├── InvalidParameterException  CloudWatch Logs' bad input (its ValidationException)
+    ├── ObjectNotFoundException    Application Auto Scaling's "not found" (a target or policy)
+    └── InvalidNextTokenException  Application Auto Scaling's refused NextToken
 
 The HTTP status of each code is decided per protocol in `salvia.api.errors`; nothing below `api/`
 knows about HTTP. Storage layers translate driver errors into these before they escape.
@@ -100,3 +102,15 @@ class InvalidParameterException(SalviaError):
     """CloudWatch Logs' answer to input it cannot use, where SageMaker says ValidationException."""
 
     code = "InvalidParameterException"
+
+
+class ObjectNotFoundException(SalviaError):
+    """Application Auto Scaling's "not found": no such scalable target or scaling policy."""
+
+    code = "ObjectNotFoundException"
+
+
+class InvalidNextTokenException(SalviaError):
+    """Application Auto Scaling's answer to a NextToken it did not issue for this request."""
+
+    code = "InvalidNextTokenException"

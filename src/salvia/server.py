@@ -27,6 +27,7 @@ from salvia.clock import Clock
 from salvia.compute.factory import executor_from_settings
 from salvia.compute.runtimes import RuntimeRegistry
 from salvia.config import Settings
+from salvia.resources.autoscaling import AutoScaling
 from salvia.resources.common import ResourceContext
 from salvia.resources.experiments import EXPERIMENT, TRIAL, TRIAL_COMPONENT, Experiments
 from salvia.resources.hosting import Hosting
@@ -38,6 +39,7 @@ from salvia.resources.tags import Tags
 from salvia.resources.training import TrainingJobs
 from salvia.resources.trial_components import TrialComponents
 from salvia.runstate import clear_state, write_state
+from salvia.serving.autoscaler import Autoscaler
 from salvia.serving.capture import CaptureWriter
 from salvia.serving.engine import EndpointEngine, ServingContext
 from salvia.store.metadata import MetadataStore
@@ -69,14 +71,17 @@ class Platform:
     training: TrainingEngine
     serving: EndpointEngine
     capture: CaptureWriter
+    autoscaler: Autoscaler
 
     def start(self, public_url: str) -> None:
         """Begin background work: jobs and endpoints a previous server left are re-attached."""
         self.training.ctx.public_url = public_url
         self.training.recover()
         self.serving.recover()
+        self.autoscaler.start()
 
     def close(self) -> None:
+        self.autoscaler.stop()
         self.training.shutdown()
         self.serving.shutdown()
         self.capture.close()
@@ -128,6 +133,8 @@ def create_platform(settings: Settings) -> Platform:
     )
     metrics_handlers = collect(Metrics(ctx))
 
+    runtime = RuntimeProtocol(serving, store, settings, capture)
+    autoscaler = Autoscaler(settings, store, clock, serving, runtime.metrics)
     limiter = anyio.CapacityLimiter(WORKER_THREADS)
 
     async def run(handler: Handler, params: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +146,7 @@ def create_platform(settings: Settings) -> Platform:
         json_services=[
             JsonProtocol(service_model("sagemaker"), sagemaker_handlers, run),
             JsonProtocol(service_model("logs"), collect(CloudWatchLogs(settings)), run),
+            JsonProtocol(service_model("application-autoscaling"), collect(AutoScaling(ctx)), run),
         ],
         rest_services=[
             RestJsonProtocol(service_model("sagemaker-metrics"), metrics_handlers, run),
@@ -146,7 +154,7 @@ def create_platform(settings: Settings) -> Platform:
             RestJsonProtocol(service_model("sagemaker-featurestore-runtime"), {}, run),
         ],
         fallback=S3Protocol(objects, settings.runtime_dir / "s3", region=settings.region),
-        runtime=RuntimeProtocol(serving, store, settings, capture),
+        runtime=runtime,
     )
     return Platform(
         settings=settings,
@@ -156,6 +164,7 @@ def create_platform(settings: Settings) -> Platform:
         training=training,
         serving=serving,
         capture=capture,
+        autoscaler=autoscaler,
     )
 
 

@@ -129,7 +129,19 @@ class EndpointEngine:
     def rescale(self, name: str, desired: list[dict[str, Any]]) -> None:
         """Apply `UpdateEndpointWeightsAndCapacities`: new weights at once, instance counts by
         starting (healthy first) or stopping instances."""
-        self._spawn(name, functools.partial(self._rescale, name, desired))
+        self._spawn(name, functools.partial(self._rescale_or_report, name, desired))
+
+    def _rescale_or_report(self, name: str, desired: list[dict[str, Any]]) -> None:
+        try:
+            self._rescale(name, desired)
+        except Exception as error:  # an instance that never got healthy: keep serving
+            reason = f"Scaling failed and the endpoint kept its serving instances: {error}"
+
+            def failed(body: dict[str, Any]) -> None:
+                body["EndpointStatus"] = "InService"
+                body["FailureReason"] = reason[:1024]
+
+            self._update(name, failed)
 
     def recover(self) -> None:
         from salvia.store.metadata import ListQuery
@@ -478,6 +490,12 @@ class EndpointEngine:
             else:
                 route.variants.append(Variant(name, weights.get(name, 1.0), clients))
         self.routes[record.name.lower()] = route
+        if record.body.get("EndpointStatus") != "InService":  # an update cut off by a restart
+
+            def settled(body: dict[str, Any]) -> None:
+                body["EndpointStatus"] = "InService"
+
+            self._update(record.name, settled)
         log.info("re-attached to endpoint %s", record.name)
 
     def _undeploy(self, name: str) -> None:

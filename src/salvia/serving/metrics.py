@@ -40,6 +40,16 @@ class InvocationMetrics:
             entry.overhead_latency_us += max(total_s - model_s, 0.0) * 1e6
             entry.timed += 1
 
+    def invocations(self, endpoint: str, variant: str) -> int:
+        """One variant's running total of invocations (endpoint names compared case-blind)."""
+        endpoint = endpoint.lower()
+        with self._lock:
+            return sum(
+                entry.invocations
+                for (name, name_variant), entry in self._variants.items()
+                if name.lower() == endpoint and name_variant == variant
+            )
+
     def prometheus(self) -> str:
         with self._lock:
             items = sorted(self._variants.items())
