@@ -1,4 +1,5 @@
-"""`sagemaker-runtime` InvokeEndpoint: the gateway from clients to model-server instances.
+"""`sagemaker-runtime` InvokeEndpoint and InvokeEndpointWithResponseStream: the gateway from
+clients to model-server instances.
 
 The body passes through untouched; the variant is chosen by weight (or `TargetVariant`) and the
 instance round-robin over pooled keep-alive connections. A container's non-2xx answer becomes
@@ -12,20 +13,24 @@ import logging
 import random
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
+from salvia.api import eventstream
 from salvia.api.auth import parse_authorization
 from salvia.api.errors import new_request_id
 from salvia.config import Settings
 from salvia.errors import SalviaError
 from salvia.serving.capture import CaptureWriter
-from salvia.serving.client import InstanceUnavailable
-from salvia.serving.engine import ENDPOINT, EndpointEngine, Route, Variant
+from salvia.serving.client import InstanceClient, InstanceUnavailable, PipelineClient, Reply
+from salvia.serving.engine import ENDPOINT, EndpointEngine, Instance, Route, Variant
 from salvia.serving.metrics import InvocationMetrics
+from salvia.serving.multi_model import ModelNotFound, MultiModelClient
 from salvia.store.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -38,7 +43,26 @@ _FORWARDED = (
     "x-amzn-sagemaker-custom-attributes",
     "x-amzn-sagemaker-inference-id",
 )
-PREFIX, SUFFIX = "/endpoints/", "/invocations"
+PREFIX, SUFFIX, STREAM_SUFFIX = "/endpoints/", "/invocations", "/invocations-response-stream"
+
+
+class _Refused(Exception):
+    """An invocation refused before any instance is called: SageMaker's `ValidationError`."""
+
+    def __init__(self, message: str, code: str = "ValidationError", status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.code, self.status = message, code, status
+
+
+@dataclass
+class _Call:
+    endpoint: str
+    body: bytes
+    route: Route
+    variant: Variant
+    instance: Instance
+    target_model: str | None
+    headers: dict[str, str]  # what the instance gets, lower-cased
 
 
 def _error(code: str, message: str, status: int, request_id: str, **extra: Any) -> Response:
@@ -49,6 +73,15 @@ def _error(code: str, message: str, status: int, request_id: str, **extra: Any) 
         media_type="application/json",
         headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": code},
     )
+
+
+async def _call(
+    instance: Instance, target_model: str | None, body: bytes, headers: dict[str, str]
+) -> Reply:
+    """One instance's answer to an invocation (of `target_model` on a multi-model instance)."""
+    if isinstance(instance, MultiModelClient) and target_model is not None:
+        return await instance.invoke(target_model, body, headers, TIMEOUT_SECONDS)
+    return await instance.request("POST", "/invocations", body, headers, TIMEOUT_SECONDS)
 
 
 class RuntimeProtocol:
@@ -62,7 +95,7 @@ class RuntimeProtocol:
         self.engine = engine
         self.store = store
         self.settings = settings
-        self.metrics = InvocationMetrics()
+        self.metrics: InvocationMetrics = engine.metrics
         self.capture = capture
         self._mirrors: set[asyncio.Task[None]] = set()  # shadow calls in flight
 
@@ -74,14 +107,14 @@ class RuntimeProtocol:
         body: bytes,
         content_type: str,
         headers: dict[str, str],
+        target_model: str | None,
     ) -> None:
         """A shadow variant's copy of a request: measured and captured, never returned."""
         started = time.perf_counter()
         try:
-            reply = await shadow.pick().request(
-                "POST", "/invocations", body, headers, TIMEOUT_SECONDS
-            )
-        except (InstanceUnavailable, TimeoutError):
+            instance = shadow.pick_for(target_model) if target_model else shadow.pick()
+            reply = await _call(instance, target_model, body, headers)
+        except (InstanceUnavailable, TimeoutError, ModelNotFound):
             self.metrics.record(name, shadow.name, 503, 0.0, time.perf_counter() - started)
             return
         elapsed = time.perf_counter() - started
@@ -96,60 +129,90 @@ class RuntimeProtocol:
             )
 
     @staticmethod
-    def endpoint_of(method: str, path: str) -> str | None:
-        if method == "POST" and path.startswith(PREFIX) and path.endswith(SUFFIX):
-            name = path[len(PREFIX) : -len(SUFFIX)]
-            if name and "/" not in name:
-                return urllib.parse.unquote(name)
+    def endpoint_of(method: str, path: str) -> tuple[str, bool] | None:
+        """(endpoint name, whether the response streams) of a runtime invocation path."""
+        if method != "POST" or not path.startswith(PREFIX):
+            return None
+        for suffix, streaming in ((SUFFIX, False), (STREAM_SUFFIX, True)):
+            if path.endswith(suffix):
+                name = path[len(PREFIX) : -len(suffix)]
+                if name and "/" not in name:
+                    return urllib.parse.unquote(name), streaming
         return None
 
-    async def handle(self, request: Request, name: str) -> Response:
+    async def handle(self, request: Request, target: tuple[str, bool]) -> Response:
+        name, streaming = target
         request_id = new_request_id()
+        try:
+            call = await self._prepare(request, name, streaming)
+        except _Refused as refusal:
+            return _error(refusal.code, refusal.message, refusal.status, request_id)
+        if streaming:
+            return await self._stream(call, request_id)
+        return await self._invoke(call, request, request_id)
+
+    async def _prepare(self, request: Request, name: str, streaming: bool) -> _Call:
+        """Everything both invocations check before calling an instance."""
         try:
             parse_authorization(request.headers.get("authorization"))
         except SalviaError as error:
-            return _error(error.code, error.message, 400, request_id)
+            raise _Refused(error.message, error.code) from None
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > MAX_PAYLOAD:
-                return _error(
-                    "ValidationError",
-                    "Request payload exceeds the 6 MB limit of real-time endpoints.",
-                    400,
-                    request_id,
-                )
+                raise _Refused("Request payload exceeds the 6 MB limit of real-time endpoints.")
             chunks.append(chunk)
         route = self.engine.routes.get(name.lower())
         if route is None:
             record = self.store.get(ENDPOINT, name)
             if record is None:
-                return _error(
-                    "ValidationError",
-                    f"Endpoint {name} of account {self.settings.account_id} not found.",
-                    400,
-                    request_id,
-                )
+                raise _Refused(f"Endpoint {name} of account {self.settings.account_id} not found.")
             status = record.body.get("EndpointStatus")
-            return _error(
-                "ValidationError",
-                f"Endpoint {name} is not in service: it is {status}.",
-                400,
-                request_id,
-            )
+            raise _Refused(f"Endpoint {name} is not in service: it is {status}.")
         target = request.headers.get("x-amzn-sagemaker-target-variant")
         variant = route.choose(target)
         if variant is None:
-            return _error(
-                "ValidationError", f"Endpoint {name} has no variant {target}.", 400, request_id
+            raise _Refused(f"Endpoint {name} has no variant {target}.")
+        target_model = request.headers.get("x-amzn-sagemaker-target-model")
+        instance = variant.pick_for(target_model) if target_model else variant.pick()
+        if isinstance(instance, MultiModelClient) != (target_model is not None):
+            raise _Refused(
+                f"Endpoint {name} is a multi-model endpoint: TargetModel is required."
+                if target_model is None
+                else f"Endpoint {name} is not a multi-model endpoint and does not support "
+                "the TargetModel header."
+            )
+        hostname = request.headers.get("x-amzn-sagemaker-target-container-hostname")
+        if isinstance(instance, PipelineClient) and instance.direct:
+            stage = instance.container(hostname) if hostname else None
+            if stage is None:
+                raise _Refused(
+                    f"Endpoint {name} invokes its containers directly: TargetContainerHostname "
+                    f"must name one of {', '.join(map(str, instance.hostnames))}."
+                )
+            instance = stage
+        elif hostname is not None:
+            raise _Refused(
+                "TargetContainerHostname is only valid for an endpoint whose model has "
+                "InferenceExecutionConfig Mode Direct."
             )
         headers = {h: request.headers[h] for h in _FORWARDED if h in request.headers}
+        if streaming:  # the streaming operation names its Accept header differently
+            headers.pop("accept", None)
+            if "x-amzn-sagemaker-accept" in request.headers:
+                headers["accept"] = request.headers["x-amzn-sagemaker-accept"]
+        return _Call(name, b"".join(chunks), route, variant, instance, target_model, headers)
+
+    async def _invoke(self, call: _Call, request: Request, request_id: str) -> Response:
+        name, route, variant, instance = call.endpoint, call.route, call.variant, call.instance
+        target_model, headers, body = call.target_model, call.headers, call.body
         received = time.perf_counter()
         try:
-            reply = await variant.pick().request(
-                "POST", "/invocations", b"".join(chunks), headers, TIMEOUT_SECONDS
-            )
+            reply = await _call(instance, target_model, body, headers)
             answered = time.perf_counter()
+        except ModelNotFound as error:
+            return _error("ValidationError", str(error), 400, request_id)
         except TimeoutError:
             return _error(
                 "ModelError",
@@ -164,31 +227,17 @@ class RuntimeProtocol:
                 503,
                 request_id,
             )
-        log_stream = (
-            f"arn:aws:logs:{self.settings.region}:{self.settings.account_id}:log-group:"
-            f"/aws/sagemaker/Endpoints/{name}"
-        )
         self.metrics.record(
             name, variant.name, reply.status, answered - received, time.perf_counter() - received
         )
         if not 200 <= reply.status < 300:
-            original = reply.body.decode("utf-8", errors="replace")[:4096]
-            return _error(
-                "ModelError",
-                f"Received client error ({reply.status}) from primary with message "
-                f'"{original[:1000]}". See {log_stream} for more information.',
-                424,
-                request_id,
-                OriginalStatusCode=reply.status,
-                OriginalMessage=original,
-                LogStreamArn=log_stream,
-            )
+            return self._model_error(name, reply, request_id)
         content_type = reply.headers.get("content-type", "application/json")
         request_type = request.headers.get("content-type", "application/octet-stream")
         for shadow, share in route.shadows:
             if random.random() < share:
                 task = asyncio.create_task(
-                    self._mirror(route, name, shadow, b"".join(chunks), request_type, headers)
+                    self._mirror(route, name, shadow, body, request_type, headers, target_model)
                 )
                 self._mirrors.add(task)
                 task.add_done_callback(self._mirrors.discard)
@@ -197,7 +246,7 @@ class RuntimeProtocol:
                 route.capture,
                 name,
                 variant.name,
-                (b"".join(chunks), request_type),
+                (body, request_type),
                 (reply.body, content_type),
                 request.headers.get("x-amzn-sagemaker-inference-id"),
             )
@@ -207,3 +256,90 @@ class RuntimeProtocol:
                 "x-amzn-sagemaker-custom-attributes"
             ]
         return Response(reply.body, status_code=200, media_type=content_type, headers=out)
+
+    def _log_stream(self, name: str) -> str:
+        return (
+            f"arn:aws:logs:{self.settings.region}:{self.settings.account_id}:log-group:"
+            f"/aws/sagemaker/Endpoints/{name}"
+        )
+
+    def _model_error(self, name: str, reply: Reply, request_id: str) -> Response:
+        log_stream = self._log_stream(name)
+        original = reply.body.decode("utf-8", errors="replace")[:4096]
+        return _error(
+            "ModelError",
+            f"Received client error ({reply.status}) from primary with message "
+            f'"{original[:1000]}". See {log_stream} for more information.',
+            424,
+            request_id,
+            OriginalStatusCode=reply.status,
+            OriginalMessage=original,
+            LogStreamArn=log_stream,
+        )
+
+    async def _stream(self, call: _Call, request_id: str) -> Response:
+        """InvokeEndpointWithResponseStream: each chunk the container sends becomes a
+        `PayloadPart` event as it arrives; a container that breaks off midway ends the stream
+        with a `ModelStreamError` event."""
+        if not isinstance(call.instance, InstanceClient):
+            kind = "multi-model" if call.target_model else "inference-pipeline"
+            return _error(
+                "ValidationError",
+                f"Endpoint {call.endpoint} is a {kind} endpoint, which does not stream responses.",
+                400,
+                request_id,
+            )
+        received = time.perf_counter()
+        try:
+            opened = await call.instance.open_stream(
+                "POST", "/invocations", call.body, call.headers, TIMEOUT_SECONDS
+            )
+        except TimeoutError:
+            return _error(
+                "ModelError",
+                "Your invocation timed out while waiting for a response from the container.",
+                424,
+                request_id,
+            )
+        except InstanceUnavailable as error:
+            message = f"The endpoint's instance is unavailable: {error}"
+            return _error("ServiceUnavailable", message, 503, request_id)
+        if not 200 <= opened.status < 300:
+            reply = Reply(opened.status, opened.headers, await opened.read_all())
+            self.metrics.record(call.endpoint, call.variant.name, reply.status, 0.0, 0.0)
+            return self._model_error(call.endpoint, reply, request_id)
+
+        async def events() -> AsyncIterator[bytes]:
+            status = 200
+            try:
+                async for part in opened.parts(TIMEOUT_SECONDS):
+                    yield eventstream.payload_part(part)
+            except TimeoutError:
+                status = 504
+                yield eventstream.model_stream_error(
+                    "ModelInvocationTimeExceeded",
+                    "The model did not send the rest of its response in time.",
+                )
+            except (InstanceUnavailable, OSError, ValueError, asyncio.IncompleteReadError):
+                status = 500
+                yield eventstream.model_stream_error(
+                    "StreamBroken",
+                    "The connection to the model broke before its response ended. See "
+                    f"{self._log_stream(call.endpoint)} for more information.",
+                )
+            finally:
+                elapsed = time.perf_counter() - received
+                self.metrics.record(call.endpoint, call.variant.name, status, elapsed, elapsed)
+
+        headers = {
+            "x-amzn-RequestId": request_id,
+            "x-Amzn-Invoked-Production-Variant": call.variant.name,
+            "X-Amzn-SageMaker-Content-Type": opened.headers.get(
+                "content-type", "application/octet-stream"
+            ),
+        }
+        if "x-amzn-sagemaker-custom-attributes" in opened.headers:
+            headers["X-Amzn-SageMaker-Custom-Attributes"] = opened.headers[
+                "x-amzn-sagemaker-custom-attributes"
+            ]
+        return StreamingResponse(events(), media_type=eventstream.CONTENT_TYPE, headers=headers)

@@ -63,20 +63,28 @@ class Hosting:
         primary = request.get("PrimaryContainer")
         if not primary and not containers:
             raise ValidationException("Either PrimaryContainer or Containers must be given.")
-        if len(containers) > 1:
-            raise NotImplementedOperation(
-                "CreateModel",
-                detail="Serial inference pipelines (several Containers) are not "
-                "implemented by Salvia yet.",
+        if primary and containers:
+            raise ValidationException("Give either PrimaryContainer or Containers, not both.")
+        for container in [primary] if primary else containers:
+            if not container.get("Image"):
+                raise ValidationException("The container's Image is required.")
+            if container.get("Mode") == "MultiModel" and len(containers) > 1:
+                raise ValidationException(
+                    "MultiModel mode is not supported for inference pipelines (Containers)."
+                )
+            if container.get("Mode") == "MultiModel" and not container.get("ModelDataUrl"):
+                raise ValidationException(
+                    "A MultiModel container needs a ModelDataUrl: the prefix of its models."
+                )
+            self.engine.ctx.runtimes.resolve(container["Image"])  # unknown images fail now
+        hostnames = [c["ContainerHostname"] for c in containers if c.get("ContainerHostname")]
+        if len(set(hostnames)) != len(hostnames):
+            raise ValidationException("Containers must have distinct ContainerHostname values.")
+        direct = (request.get("InferenceExecutionConfig") or {}).get("Mode") == "Direct"
+        if direct and len(hostnames) != len(containers):
+            raise ValidationException(
+                "InferenceExecutionConfig Mode Direct needs a ContainerHostname on every container."
             )
-        container = primary or containers[0]
-        if not container.get("Image"):
-            raise ValidationException("The container's Image is required.")
-        if container.get("Mode") == "MultiModel":
-            raise NotImplementedOperation(
-                "CreateModel", detail="Multi-model endpoints are not implemented by Salvia yet."
-            )
-        self.engine.ctx.runtimes.resolve(container["Image"])  # an unknown image is refused now
         body = {k: v for k, v in request.items() if k not in {"Tags"} and v is not None}
         record = self._create(MODEL, request["ModelName"], body, "ModelArn", request.get("Tags"))
         return {"ModelArn": record.arn}

@@ -8,6 +8,8 @@ gateway's overhead); responses with Content-Length or chunked bodies are read. O
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 
@@ -76,14 +78,7 @@ class InstanceClient:
     ) -> tuple[Reply, bool]:
         reader, writer = connection
         writer.write(payload)
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if ":" in line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
+        status, headers = await _read_head(reader)
         if "content-length" in headers:
             body = await reader.readexactly(int(headers["content-length"]))
         elif headers.get("transfer-encoding", "").lower() == "chunked":
@@ -102,7 +97,157 @@ class InstanceClient:
         keep = headers.get("connection", "").lower() != "close"
         return Reply(status, headers, body), keep
 
+    async def open_stream(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> OpenedStream:
+        """Send the request and read only the response's head: the body is read part by part
+        (chunk by chunk when the server streams it) with `OpenedStream.parts`."""
+        head = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            f"Content-Length: {len(body)}",
+        ]
+        head += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        for attempt in range(2):
+            reused = bool(self._idle)
+            connection = self._idle.pop() if reused else await self._connect(timeout)
+            try:
+                connection[1].write(payload)
+                status, headers_in = await asyncio.wait_for(_read_head(connection[0]), timeout)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as error:
+                connection[1].close()
+                if reused and attempt == 0:
+                    continue
+                raise InstanceUnavailable(str(error) or type(error).__name__) from error
+            except TimeoutError:
+                connection[1].close()
+                raise
+            return OpenedStream(status, headers_in, self, connection)
+        raise InstanceUnavailable("no connection")
+
+    def _release(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        if len(self._idle) < self.max_idle:
+            self._idle.append(connection)
+        else:
+            connection[1].close()
+
     def close(self) -> None:
         for _, writer in self._idle:
             writer.close()
         self._idle.clear()
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+@dataclass
+class OpenedStream:
+    """A response whose head has been read; its body comes from `parts` (once)."""
+
+    status: int
+    headers: dict[str, str]
+    _client: InstanceClient
+    _connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+    async def parts(self, timeout: float = 60.0) -> AsyncIterator[bytes]:
+        """The body as it arrives: each chunk of a chunked response, else the whole. Each read
+        waits at most `timeout`. The connection goes back to the pool only when the body was
+        read to its end; a consumer that stops early closes it."""
+        reader, writer = self._connection
+        finished, keep = False, self.headers.get("connection", "").lower() != "close"
+        try:
+            if "content-length" in self.headers:
+                length = int(self.headers["content-length"])
+                data = await asyncio.wait_for(reader.readexactly(length), timeout)
+                if data:
+                    yield data
+            elif self.headers.get("transfer-encoding", "").lower() == "chunked":
+                while True:
+                    line = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)
+                    size = int(line.split(b";")[0], 16)
+                    if size == 0:
+                        await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)
+                        break
+                    data = await asyncio.wait_for(reader.readexactly(size + 2), timeout)
+                    yield data[:-2]
+            else:
+                keep = False
+                while data := await asyncio.wait_for(reader.read(65536), timeout):
+                    yield data
+            finished = True
+        finally:
+            if finished and keep:
+                self._client._release(self._connection)
+            else:
+                writer.close()
+
+    async def read_all(self, timeout: float = 60.0) -> bytes:
+        return b"".join([part async for part in self.parts(timeout)])
+
+
+class PipelineClient:
+    """One instance of an inference pipeline: a model server per container. In `Serial` mode
+    a request goes through the containers in order, each one's response (with its content type)
+    the next one's request; the caller's Accept reaches only the last container, the others
+    answer in their default (`SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`). In `Direct` mode each
+    request names its container (`TargetContainerHostname`)."""
+
+    def __init__(
+        self, stages: list[InstanceClient], hostnames: list[str | None], direct: bool = False
+    ) -> None:
+        self.stages = stages
+        self.hostnames = hostnames
+        self.direct = direct
+        self.host, self.port = stages[0].host, stages[0].port  # how the engine names it
+
+    def container(self, hostname: str) -> InstanceClient | None:
+        for stage, name in zip(self.stages, self.hostnames, strict=True):
+            if name == hostname:
+                return stage
+        return None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> Reply:
+        if self.direct:
+            raise InstanceUnavailable("a Direct-mode pipeline is invoked one container at a time")
+        forwarded = dict(headers or {})
+        accept = forwarded.pop("accept", None)
+        deadline = time.monotonic() + timeout
+        last = len(self.stages) - 1
+        for index, stage in enumerate(self.stages):
+            if index == last and accept is not None:
+                forwarded["accept"] = accept
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError()
+            reply = await stage.request(method, path, body, forwarded, remaining)
+            if index == last or not 200 <= reply.status < 300:
+                return reply
+            body = reply.body
+            forwarded["content-type"] = reply.headers.get("content-type", "application/json")
+        raise InstanceUnavailable("the pipeline has no containers")
+
+    def close(self) -> None:
+        for stage in self.stages:
+            stage.close()

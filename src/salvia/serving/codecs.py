@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -129,15 +130,30 @@ _ENCODERS = {JSON: to_json, CSV: _to_csv, NPY: _to_npy}
 _ENCODERS.update(dict.fromkeys(_JSONLINES_ALIASES, _to_jsonlines))
 
 
+def _encode_each(parts: Iterator[Any], encoder: Callable[[Any], bytes]) -> Iterator[bytes]:
+    """Text and bytes pass as they are (tokens of a generated text); the rest is encoded."""
+    for part in parts:
+        if isinstance(part, bytes):
+            yield part
+        elif isinstance(part, str):
+            yield part.encode("utf-8")
+        else:
+            yield encoder(part)
+
+
 def parse_accept(accept: str | None) -> list[str]:
     """The media types of an Accept value, in order, without their parameters."""
     return [base_type(part) for part in (accept or "").split(",") if part.strip()]
 
 
-def encode(prediction: Any, accept: str | None) -> tuple[bytes, str]:
-    """The prediction encoded for the first supported type of `accept`, and that type."""
+def encode(prediction: Any, accept: str | None) -> tuple[Any, str]:
+    """The prediction encoded for the first supported type of `accept`, and that type. A
+    prediction that is an iterator (a `predict_fn` that yields) stays one: each part is encoded
+    on its own as it comes, and the model server streams them."""
     for kind in parse_accept(accept):
         encoder = _ENCODERS.get(kind)
         if encoder is not None:
+            if isinstance(prediction, Iterator):
+                return _encode_each(prediction, encoder), kind
             return encoder(prediction), kind
     raise UnsupportedFormatError(accept)

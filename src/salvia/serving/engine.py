@@ -33,7 +33,9 @@ from salvia.compute.executor import Executor, InstanceSpec, State
 from salvia.compute.instance_types import lookup as lookup_instance_type
 from salvia.compute.runtimes import RuntimeRegistry
 from salvia.config import Settings
-from salvia.serving.client import InstanceClient
+from salvia.serving.client import InstanceClient, PipelineClient
+from salvia.serving.metrics import InvocationMetrics
+from salvia.serving.multi_model import CACHE_VARIABLE, ModelLibrary, MultiModelClient
 from salvia.store.metadata import MetadataStore, Record
 from salvia.store.objects import ObjectStore
 
@@ -49,16 +51,37 @@ class DeployFailed(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class ContainerSetup:
+    """What one model-server process of an instance runs."""
+
+    model_dir: Path
+    env: dict[str, str]
+    hostname: str = "container-1"
+    direct: bool = False  # an inference pipeline invoked one container at a time
+    multi_model: dict[str, Any] | None = None  # {Prefix, CacheEnabled} of a MultiModel container
+
+
+Instance = InstanceClient | PipelineClient | MultiModelClient  # the gateway's handle on one
+
+
 @dataclass
 class Variant:
     name: str
     weight: float
-    clients: list[InstanceClient]
+    clients: list[Instance]
     _next: int = 0
 
-    def pick(self) -> InstanceClient:
+    def pick(self) -> Instance:
         self._next = (self._next + 1) % len(self.clients)
         return self.clients[self._next]
+
+    def pick_for(self, target_model: str) -> Instance:
+        """A multi-model variant sends a model's requests to an instance that holds it."""
+        for client in self.clients:
+            if isinstance(client, MultiModelClient) and client.holds(target_model):
+                return client
+        return self.pick()
 
 
 @dataclass
@@ -112,6 +135,8 @@ class EndpointEngine:
         self.routes: dict[str, Route] = {}
         self._lock = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
+        self._libraries: dict[str, ModelLibrary] = {}  # multi-model archives, per directory
+        self.metrics = InvocationMetrics()  # the gateway's per-variant figures
 
     # --- public -----------------------------------------------------------------------------
 
@@ -214,14 +239,14 @@ class EndpointEngine:
             raise DeployFailed(f"Endpoint config {record.body['EndpointConfigName']} is gone.")
         route = Route(capture=config.body.get("DataCaptureConfig"))
         instances: dict[str, list[dict[str, Any]]] = {}
-        started: list[str] = []
+        started: list[dict[str, Any]] = []
         production = config.body["ProductionVariants"]
         shadows = config.body.get("ShadowProductionVariants") or []
         total = sum(v.get("InitialVariantWeight", 1.0) for v in production) or 1.0
         try:
             for variant in [*production, *shadows]:
                 clients, handles = self._start_variant(record, variant)
-                started += [h["Handle"] for h in handles]
+                started += handles
                 instances[variant["VariantName"]] = handles
                 live = Variant(
                     variant["VariantName"], variant.get("InitialVariantWeight", 1.0), clients
@@ -233,23 +258,41 @@ class EndpointEngine:
                     route.variants.append(live)
         except Exception:
             for handle in started:
-                self.ctx.executor.stop(handle, grace_seconds=5)
+                self._stop(handle, grace_seconds=5)
             raise
         return route, instances
 
-    def _model_dir(
+    def _containers(
         self, record: Record, variant: dict[str, Any], extract: bool = True
-    ) -> tuple[Path, dict[str, str]]:
+    ) -> list[ContainerSetup]:
+        """Each container's model directory and environment: one for a plain model, several for
+        an inference pipeline (`Containers`), in calling order."""
         model = self.ctx.store.get(MODEL, variant["ModelName"])
         if model is None:
             raise DeployFailed(f"Model {variant['ModelName']} does not exist.")
-        container = model.body.get("PrimaryContainer") or (model.body.get("Containers") or [{}])[0]
-        directory = _variant_dir(self.ctx.endpoints_dir, record, variant) / "model"
+        primary = model.body.get("PrimaryContainer")
+        containers = [primary] if primary else (model.body.get("Containers") or [{}])
+        root = _variant_dir(self.ctx.endpoints_dir, record, variant)
+        direct = (model.body.get("InferenceExecutionConfig") or {}).get("Mode") == "Direct"
+        return [
+            ContainerSetup(
+                *self._container(root / ("model" if i == 0 else f"model-{i}"), container, extract),
+                hostname=container.get("ContainerHostname") or f"container-{i + 1}",
+                direct=direct,
+                multi_model=_multi_model(container),
+            )
+            for i, container in enumerate(containers)
+        ]
+
+    def _container(
+        self, directory: Path, container: dict[str, Any], extract: bool
+    ) -> tuple[Path, dict[str, str]]:
         if extract and directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True, exist_ok=True)
         url = container.get("ModelDataUrl")
-        if url and extract:
+        multi_model = container.get("Mode") == "MultiModel"
+        if url and extract and not multi_model:  # a multi-model prefix loads per TargetModel
             with tempfile.TemporaryDirectory() as scratch:
                 archive = Path(scratch) / "model.tar.gz"
                 try:
@@ -259,6 +302,8 @@ class EndpointEngine:
                 except (OSError, tarfile.TarError) as error:
                     raise DeployFailed(f"Could not load the model data {url}: {error}") from None
         env = dict(container.get("Environment") or {})
+        if multi_model:
+            env["SAGEMAKER_MULTI_MODEL"] = "true"
         runtime = self.ctx.runtimes.resolve(container["Image"])
         spec = algorithms.for_runtime(runtime.name)
         if (
@@ -273,20 +318,25 @@ class EndpointEngine:
 
     def _start_variant(
         self, record: Record, variant: dict[str, Any]
-    ) -> tuple[list[InstanceClient], list[dict[str, Any]]]:
-        model_dir, env = self._model_dir(record, variant)
+    ) -> tuple[list[Instance], list[dict[str, Any]]]:
+        containers = self._containers(record, variant)
         instance_type = lookup_instance_type(variant.get("InstanceType", "local"))
         count = variant.get("InitialInstanceCount", 1)
         timeout = variant.get("ContainerStartupHealthCheckTimeoutInSeconds", 240)
         clients, handles = [], []
-        for index in range(count):
-            clients_handle = self._start_instance(
-                record, variant, index, model_dir, env, instance_type
-            )
-            clients.append(clients_handle[0])
-            handles.append(clients_handle[1])
-        for client, handle in zip(clients, handles, strict=True):
-            self._wait_healthy(client, handle, timeout)
+        try:
+            for index in range(count):
+                client, handle = self._start_instance(
+                    record, variant, index, containers, instance_type
+                )
+                clients.append(client)
+                handles.append(handle)
+            for handle in handles:
+                self._wait_healthy(handle, timeout)
+        except Exception:
+            for handle in handles:
+                self._stop(handle, grace_seconds=5)
+            raise
         return clients, handles
 
     def _start_instance(
@@ -294,69 +344,114 @@ class EndpointEngine:
         record: Record,
         variant: dict[str, Any],
         index: int,
-        model_dir: Path,
-        env: dict[str, str],
+        containers: list[ContainerSetup],
         instance_type: Any,
-    ) -> tuple[InstanceClient, dict[str, Any]]:
+    ) -> tuple[Instance, dict[str, Any]]:
+        """One instance: a model server per container (several for a serial pipeline), its
+        handle recorded as `{Handle, Port, Log}` of the first container plus, for a pipeline,
+        `Containers` listing them all."""
         import os
         import sys
 
         root = _variant_dir(self.ctx.endpoints_dir, record, variant) / f"instance-{index}"
-        root.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
         base = {k: os.environ[k] for k in ("PATH", "LANG", "HOME", "TMPDIR") if k in os.environ}
-        spec = InstanceSpec(
-            job_name=record.name,
-            host=f"{variant['VariantName']}-{index}",
-            command=[
-                sys.executable,
-                "-m",
-                "salvia.serving.model_server",
-                "--model-dir",
-                str(model_dir),
-                "--port",
-                str(port),
-            ],
-            env={**base, **env, "PYTHONUNBUFFERED": "1"},
-            workdir=root,
-            log_path=root / "server.log",
-            vcpus=instance_type.vcpus_on_host,
-            memory_mib=instance_type.memory_mib_on_host,
-            mount_opt_ml=False,
-        )
-        handle = self.ctx.executor.start(spec)
-        return InstanceClient("127.0.0.1", port), {
-            "Handle": handle.handle,
-            "Port": port,
-            "Log": str(spec.log_path),
-        }
+        processes = []
+        for number, container in enumerate(containers):
+            workdir = root if len(containers) == 1 else root / f"container-{number}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            port = _free_port()
+            spec = InstanceSpec(
+                job_name=record.name,
+                host=f"{variant['VariantName']}-{index}" + (f"-{number}" if number else ""),
+                command=[
+                    *(sys.executable, "-m", "salvia.serving.model_server"),
+                    *("--model-dir", str(container.model_dir), "--port", str(port)),
+                ],
+                env={**base, **container.env, "PYTHONUNBUFFERED": "1"},
+                workdir=workdir,
+                log_path=workdir / "server.log",
+                vcpus=instance_type.vcpus_on_host,
+                memory_mib=instance_type.memory_mib_on_host,
+                mount_opt_ml=False,
+            )
+            handle = self.ctx.executor.start(spec)
+            processes.append({"Handle": handle.handle, "Port": port, "Log": str(spec.log_path),
+                              "Hostname": container.hostname})  # fmt: skip
+        instance = dict(processes[0])
+        if containers[0].multi_model is not None:
+            configured = containers[0].env.get(CACHE_VARIABLE)
+            budget_mib = float(configured) if configured else instance_type.memory_mib_on_host / 2
+            instance["MultiModel"] = {
+                **containers[0].multi_model,
+                "Directory": str(containers[0].model_dir),
+                "BudgetBytes": int(budget_mib * 1024 * 1024),
+                "Endpoint": record.name,
+                "Variant": variant["VariantName"],
+            }
+        if len(processes) > 1:
+            instance["Containers"] = processes
+            instance["Mode"] = "Direct" if containers[0].direct else "Serial"
+        return self._client(instance), instance
 
-    def _wait_healthy(self, client: InstanceClient, handle: dict[str, Any], timeout: float) -> None:
+    def _client(self, instance: dict[str, Any]) -> Instance:
+        processes = _processes(instance)
+        stages = [InstanceClient("127.0.0.1", p["Port"]) for p in processes]
+        multi = instance.get("MultiModel")
+        if multi is not None:
+            with self._lock:
+                library = self._libraries.setdefault(
+                    multi["Directory"],
+                    ModelLibrary(self.ctx.objects, multi["Prefix"], Path(multi["Directory"])),
+                )
+            return MultiModelClient(
+                stages[0],
+                library,
+                multi["BudgetBytes"],
+                multi.get("CacheEnabled", True),
+                functools.partial(self.metrics.model_event, multi["Endpoint"], multi["Variant"]),
+            )
+        if len(stages) == 1:
+            return stages[0]
+        hostnames = [p.get("Hostname") for p in processes]
+        return PipelineClient(stages, hostnames, direct=instance.get("Mode") == "Direct")
+
+    def _stop(self, instance: dict[str, Any], grace_seconds: float) -> None:
+        for process in _processes(instance):
+            self.ctx.executor.stop(process["Handle"], grace_seconds=grace_seconds)
+
+    def _wait_healthy(self, instance: dict[str, Any], timeout: float) -> None:
+        """Every container of the instance must answer `/ping` with 200 in time."""
         deadline = time.monotonic() + timeout
+        for process in _processes(instance):
+            try:
+                self._wait_process(process, deadline, timeout)
+            except DeployFailed:
+                self._stop(instance, grace_seconds=5)
+                raise
+
+    def _wait_process(self, process: dict[str, Any], deadline: float, timeout: float) -> None:
         last = ""
         while time.monotonic() < deadline:
-            status = self.ctx.executor.poll(handle["Handle"])
+            status = self.ctx.executor.poll(process["Handle"])
             if status.state is not State.RUNNING:
                 raise DeployFailed(
-                    f"The model server exited ({status.exit_code}): {_tail(handle['Log'])}"
+                    f"The model server exited ({status.exit_code}): {_tail(process['Log'])}"
                 )
             try:
-                url = f"http://{client.host}:{client.port}/ping"
+                url = f"http://127.0.0.1:{process['Port']}/ping"
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
                         return
             except urllib.error.HTTPError as error:
                 last = error.read().decode(errors="replace")[:800]
                 if error.code != 503:  # 503 means still loading; anything else is final
-                    self.ctx.executor.stop(handle["Handle"], grace_seconds=5)
                     raise DeployFailed(
                         f"The model server failed /ping ({error.code}): {last}"
                     ) from None
             except OSError:
                 pass
             time.sleep(0.05)
-        self.ctx.executor.stop(handle["Handle"], grace_seconds=5)
-        detail = last or _tail(handle["Log"])
+        detail = last or _tail(process["Log"])
         raise DeployFailed(f"The model server did not pass /ping within {timeout} s: {detail}")
 
     def _rescale(self, name: str, desired: list[dict[str, Any]]) -> None:
@@ -379,20 +474,20 @@ class EndpointEngine:
             handles = instances.setdefault(variant.name, [])
             spec = variants[variant.name]
             while count is not None and len(handles) < count:
-                model_dir, env = self._model_dir(record, spec, extract=False)
+                containers = self._containers(record, spec, extract=False)
                 kind = lookup_instance_type(spec.get("InstanceType", "local"))
                 client, handle = self._start_instance(
-                    record, spec, len(handles) + _suffix(), model_dir, env, kind
+                    record, spec, len(handles) + _suffix(), containers, kind
                 )
                 self._wait_healthy(
-                    client, handle, spec.get("ContainerStartupHealthCheckTimeoutInSeconds", 240)
+                    handle, spec.get("ContainerStartupHealthCheckTimeoutInSeconds", 240)
                 )
                 handles.append(handle)
                 variant.clients = [*variant.clients, client]
             while count is not None and len(handles) > count:
                 handle = handles.pop()
                 variant.clients = [c for c in variant.clients if c.port != handle["Port"]]
-                self.ctx.executor.stop(handle["Handle"], grace_seconds=10)
+                self._stop(handle, grace_seconds=10)
 
         def updated(body: dict[str, Any]) -> None:
             body["_Instances"] = instances
@@ -435,7 +530,7 @@ class EndpointEngine:
         self.routes[name.lower()] = route  # traffic moves only now, to a healthy fleet
         for handles in old_instances.values():
             for handle in handles:
-                self.ctx.executor.stop(handle["Handle"], grace_seconds=10)
+                self._stop(handle, grace_seconds=10)
         old_generation = record.body.get("_Generation", "g0")
         shutil.rmtree(self.ctx.endpoints_dir / name / old_generation, ignore_errors=True)
 
@@ -467,14 +562,15 @@ class EndpointEngine:
         recorded: dict[str, list[dict[str, Any]]] = record.body.get("_Instances") or {}
         config = self.ctx.store.get(ENDPOINT_CONFIG, record.body["EndpointConfigName"])
         alive = bool(recorded) and all(
-            self.ctx.executor.poll(h["Handle"]).state is State.RUNNING
+            self.ctx.executor.poll(process["Handle"]).state is State.RUNNING
             for handles in recorded.values()
             for h in handles
+            for process in _processes(h)
         )
         if not alive or config is None:
             for handles in recorded.values():
                 for h in handles:
-                    self.ctx.executor.stop(h["Handle"], grace_seconds=5)
+                    self._stop(h, grace_seconds=5)
             self._deploy(record.name)
             return
         production = config.body["ProductionVariants"]
@@ -483,7 +579,7 @@ class EndpointEngine:
         total = sum(weights.values()) or 1.0
         route = Route(capture=config.body.get("DataCaptureConfig"))
         for name, handles in recorded.items():
-            clients = [InstanceClient("127.0.0.1", h["Port"]) for h in handles]
+            clients = [self._client(h) for h in handles]
             if name in shadows:
                 weight = shadows[name].get("InitialVariantWeight", 1.0)
                 route.shadows.append((Variant(name, weight, clients), min(weight / total, 1.0)))
@@ -504,9 +600,21 @@ class EndpointEngine:
         if record is not None:
             for handles in (record.body.get("_Instances") or {}).values():
                 for h in handles:
-                    self.ctx.executor.stop(h["Handle"], grace_seconds=10)
+                    self._stop(h, grace_seconds=10)
             self.ctx.store.delete(ENDPOINT, name)
         shutil.rmtree(self.ctx.endpoints_dir / name, ignore_errors=True)
+
+
+def _multi_model(container: dict[str, Any]) -> dict[str, Any] | None:
+    if container.get("Mode") != "MultiModel":
+        return None
+    setting = (container.get("MultiModelConfig") or {}).get("ModelCacheSetting", "Enabled")
+    return {"Prefix": container.get("ModelDataUrl", ""), "CacheEnabled": setting != "Disabled"}
+
+
+def _processes(instance: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model-server processes of a recorded instance: one, or a pipeline's containers."""
+    return instance.get("Containers") or [instance]
 
 
 def _variant_dir(root: Path, record: Record, variant: dict[str, Any]) -> Path:

@@ -23,7 +23,7 @@ import os
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -129,8 +129,8 @@ def _sklearn_input_fn(body: bytes | str, content_type: str) -> Any:
 
 
 def _sklearn_predict_fn(data: Any, model: Any) -> Any:
-    if isinstance(data, np.ndarray) and data.ndim == 1:
-        data = data.reshape(1, -1)  # one CSV line or one JSON row is one record
+    if isinstance(data, np.ndarray) and data.ndim < 2:
+        data = data.reshape(1, -1)  # one CSV line (even of one value) or JSON row: one record
     return model.predict(data)
 
 
@@ -373,8 +373,9 @@ class Transformer:
         content_type: str | None,
         accept: str | None,
         headers: Iterable[tuple[bytes, bytes]] = (),
-    ) -> tuple[bytes, str, dict[str, str]]:
-        """The response body, its content type and any headers the handlers set."""
+    ) -> tuple[bytes | Iterator[bytes], str, dict[str, str]]:
+        """The response body (or, from handlers that yield, its parts), its content type and any
+        headers the handlers set."""
         if not self.handlers.raw_accept and (not accept or accept == codecs.ANY):
             accept = self.default_accept
         data: bytes | str = body
@@ -395,6 +396,8 @@ class Transformer:
         extra = context.response_headers if context is not None else {}
         if "Content-Type" in extra:
             response_type = extra.pop("Content-Type")
+        if isinstance(result, Iterator):  # a handler that yields: the server streams the parts
+            return (_as_bytes(part) for part in result), str(response_type), extra
         return _as_bytes(result), str(response_type), extra
 
     def execution_parameters(self) -> Any:

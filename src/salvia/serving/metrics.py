@@ -1,6 +1,7 @@
 """Per-variant invocation metrics, named as SageMaker's CloudWatch metrics, exposed in the
 Prometheus text format: Invocations, Invocation4XXErrors, Invocation5XXErrors, and
-ModelLatency / OverheadLatency in microseconds (as sums and counts, so rates and means follow)."""
+ModelLatency / OverheadLatency in microseconds (as sums and counts, so rates and means follow);
+for multi-model variants also model cache hits, loads, unloads and the models loaded now."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ class _Variant:
     model_latency_us: float = 0.0
     overhead_latency_us: float = 0.0
     timed: int = 0
+    # multi-model endpoints (SageMaker's ModelCacheHit, LoadedModelCount, and loads/unloads)
+    model_cache_hits: int = 0
+    model_loads: int = 0
+    model_unloads: int = 0
 
 
 class InvocationMetrics:
@@ -39,6 +44,17 @@ class InvocationMetrics:
             entry.model_latency_us += model_s * 1e6
             entry.overhead_latency_us += max(total_s - model_s, 0.0) * 1e6
             entry.timed += 1
+
+    def model_event(self, endpoint: str, variant: str, event: str) -> None:
+        """A multi-model instance's `hit`, `miss`, `load` or `unload` of a model."""
+        with self._lock:
+            entry = self._variants[(endpoint, variant)]
+            if event == "hit":
+                entry.model_cache_hits += 1
+            elif event == "load":
+                entry.model_loads += 1
+            elif event == "unload":
+                entry.model_unloads += 1
 
     def invocations(self, endpoint: str, variant: str) -> int:
         """One variant's running total of invocations (endpoint names compared case-blind)."""
@@ -86,10 +102,21 @@ class InvocationMetrics:
                 lambda v: v.timed,
             ),
         ]
+        multi_model = [
+            ("sagemaker_model_cache_hits_total", "counter", "Requests whose TargetModel was "
+             "loaded already", lambda v: v.model_cache_hits),
+            ("sagemaker_model_loads_total", "counter", "Models loaded", lambda v: v.model_loads),
+            ("sagemaker_model_unloads_total", "counter", "Models unloaded (evicted)",
+             lambda v: v.model_unloads),
+            ("sagemaker_loaded_models", "gauge", "Models loaded now, over the variant's "
+             "instances", lambda v: v.model_loads - v.model_unloads),
+        ]  # fmt: skip
         lines = []
-        for name, kind, help_text, value in families:
+        for name, kind, help_text, value in families + multi_model:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
             for (endpoint, variant), entry in items:
+                if not entry.model_loads and any(name == m[0] for m in multi_model):
+                    continue  # not a multi-model variant
                 labels = f'endpoint="{_escape(endpoint)}",variant="{_escape(variant)}"'
                 lines.append(f"{name}{{{labels}}} {value(entry)}")
         return "\n".join(lines) + "\n"

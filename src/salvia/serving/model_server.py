@@ -12,20 +12,25 @@ Environment (SageMaker's names): SALVIA_FRAMEWORK (see `handlers`), SAGEMAKER_PR
 SAGEMAKER_SUBMIT_DIRECTORY, SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT (application/json),
 SAGEMAKER_MAX_PAYLOAD_IN_MB (6; 0 = no limit), SAGEMAKER_MODEL_SERVER_TIMEOUT (60 s),
 SAGEMAKER_MODEL_SERVER_WORKERS (1; more start that many server processes, each with its own copy
-of the model), SAGEMAKER_BIND_TO_PORT (when --port is not given).
+of the model), SAGEMAKER_BIND_TO_PORT (when --port is not given), SAGEMAKER_MULTI_MODEL (true: no
+model loads at start; the platform loads and unloads models through the `/models` API of
+multi-model endpoints).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import json
 import os
 import queue
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, MutableMapping
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +53,7 @@ class Settings:
     default_accept: str = codecs.JSON
     max_payload_bytes: int = 6 * 1024 * 1024  # 0: no limit
     timeout_seconds: float = 60.0
+    multi_model: bool = False  # SAGEMAKER_MULTI_MODEL: models load and unload on request
 
     @classmethod
     def from_environ(cls, model_dir: Path, environ: MutableMapping[str, str]) -> Settings:
@@ -57,6 +63,7 @@ class Settings:
             default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or codecs.JSON,
             max_payload_bytes=int(megabytes * 1024 * 1024),
             timeout_seconds=float(environ.get("SAGEMAKER_MODEL_SERVER_TIMEOUT") or 60),
+            multi_model=(environ.get("SAGEMAKER_MULTI_MODEL") or "").lower() == "true",
         )
 
 
@@ -72,6 +79,8 @@ class ModelServer:
         self._worker = _ModelThread()
         self._load_started = threading.Lock()
         self._loading = False
+        # multi-model mode: the models loaded through `POST /models`, by name
+        self.models: dict[str, tuple[str, handlers.Transformer]] = {}
 
     # ------------------------------------------------------------------------------- loading
 
@@ -83,6 +92,9 @@ class ModelServer:
         self._worker.post(self._load)
 
     def _load(self) -> None:
+        if self.settings.multi_model:  # nothing to load until the platform asks
+            self.state = READY
+            return
         started = time.monotonic()
         try:
             resolved = handlers.resolve(self.settings.model_dir, self.environ)
@@ -107,7 +119,9 @@ class ModelServer:
         kind = scope["type"]
         if kind == "http":
             path, method = scope["path"], scope["method"]
-            if path == "/invocations":
+            if self.settings.multi_model and path.startswith("/models"):
+                await self._models(scope, receive, send)
+            elif path == "/invocations":
                 if method == "POST":
                     await self._invocations(scope, receive, send)
                 else:
@@ -161,9 +175,17 @@ class ModelServer:
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         transformer = self.transformer
+        if self.settings.multi_model:
+            await _respond(send, 400, b"A multi-model server invokes /models/<name>/invoke.")
+            return
         if transformer is None:
             await self._not_ready(send)
             return
+        await self._invoke(transformer, scope, receive, send)
+
+    async def _invoke(
+        self, transformer: handlers.Transformer, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         content_type = accept = None
         length = -1
         raw_headers = scope["headers"]
@@ -203,11 +225,97 @@ class ModelServer:
             return
         finally:
             timer.cancel()
-        headers = [(b"content-type", response_type), (b"content-length", b"%d" % len(payload))]
+        headers = [(b"content-type", response_type)]
         for key, value in extra.items():
             headers.append((key.lower().encode("latin-1"), value.encode("latin-1")))
+        if not isinstance(payload, bytes):  # parts from a handler that yields: chunked
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await self._stream(payload, send)
+            return
+        headers.append((b"content-length", b"%d" % len(payload)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+    async def _stream(self, parts: Iterator[bytes], send: Send) -> None:
+        """Each part as a chunk as soon as the handler yields it, pulled on the model thread.
+        A handler that fails midway breaks the connection: the caller sees an unfinished
+        chunked body (a `ModelStreamError` at the gateway), never a truncated success."""
+        loop = asyncio.get_running_loop()
+        while True:
+            future = self._worker.run(loop, next, parts, None)
+            timer = loop.call_later(self.settings.timeout_seconds, _expire, future)
+            try:
+                part = await future
+            except BaseException as error:
+                print(f"The streaming handler failed: {_describe(error)}\n"
+                      f"{traceback.format_exc()}", file=sys.stderr, flush=True)  # fmt: skip
+                raise
+            finally:
+                timer.cancel()
+            if part is None:
+                break
+            if part:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    # --------------------------------------------------------------- multi-model endpoints
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The multi-model contract SageMaker drives a container by (its "bring your own
+        container" multi-model API): `POST /models` loads `{"model_name", "url"}`, `GET /models`
+        lists, `GET|DELETE /models/<name>` describes or unloads, `POST /models/<name>/invoke`
+        predicts."""
+        method, parts = scope["method"], scope["path"].split("/")[2:]
+        if not parts or not parts[0]:
+            if method == "POST":
+                await self._load_named(await _read_all(receive), send)
+            elif method == "GET":
+                listing = [{"modelName": n, "modelUrl": u} for n, (u, _) in self.models.items()]
+                await _respond(send, 200, codecs.to_json({"models": listing}), b"application/json")
+            else:
+                await _respond(send, 405, b"Method not allowed.")
+            return
+        name = urllib.parse.unquote(parts[0])
+        if name not in self.models:
+            await _respond(send, 404, f"Model {name} is not loaded.".encode())
+        elif len(parts) == 2 and parts[1] == "invoke" and method == "POST":
+            await self._invoke(self.models[name][1], scope, receive, send)
+        elif len(parts) == 1 and method == "GET":
+            body = codecs.to_json([{"modelName": name, "modelUrl": self.models[name][0]}])
+            await _respond(send, 200, body, b"application/json")
+        elif len(parts) == 1 and method == "DELETE":
+            loop = asyncio.get_running_loop()
+            await self._worker.run(loop, self.models.pop, name, None)  # after requests queued
+            await _respond(send, 200, b'{"status": "Model unloaded"}', b"application/json")
+        else:
+            await _respond(send, 405, b"Method not allowed.")
+
+    async def _load_named(self, body: bytes, send: Send) -> None:
+        try:
+            request = json.loads(body)
+            name, url = str(request["model_name"]), str(request["url"])
+        except (ValueError, KeyError, TypeError):
+            await _respond(send, 400, b'POST /models takes {"model_name": ..., "url": ...}.')
+            return
+        if name in self.models:
+            await _respond(send, 409, f"Model {name} is already loaded.".encode())
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            transformer = await self._worker.run(loop, self._load_model, Path(url))
+        except Exception as error:
+            reason = f"Model {name} failed to load: {_describe(error)}"
+            print(f"{reason}\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            await _respond(send, 500, reason.encode())
+            return
+        self.models[name] = (url, transformer)
+        await _respond(send, 200, b'{"status": "Model loaded"}', b"application/json")
+
+    def _load_model(self, model_dir: Path) -> handlers.Transformer:
+        resolved = handlers.resolve(model_dir, self.environ)
+        transformer = handlers.Transformer(resolved, str(model_dir), self.settings.default_accept)
+        transformer.load()
+        return transformer
 
 
 class _ModelThread:
@@ -269,10 +377,13 @@ def _invoke(
     content_type: str | None,
     accept: str | None,
     headers: list[tuple[bytes, bytes]],
-) -> tuple[int, bytes, bytes, dict[str, str]]:
+) -> tuple[int, bytes | Iterator[bytes], bytes, dict[str, str]]:
     """Runs on the model thread: (status, body, content type, extra headers)."""
     try:
         payload, response_type, extra = transformer.invoke(body, content_type, accept, headers)
+        if not isinstance(payload, bytes):  # a stream: its first part decides 200 or an error
+            first = next(payload, None)
+            payload = itertools.chain([first], payload) if first is not None else iter(())
         return 200, payload, response_type.encode("latin-1"), extra
     except Exception as error:  # the toolkit's transformer: message and traceback, 500
         status = getattr(error, "status_code", 500)
@@ -292,6 +403,15 @@ async def _respond(send: Send, status: int, body: bytes, content_type: bytes = _
     headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _read_all(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 async def _too_large(send: Send, size: int, limit: int) -> None:
