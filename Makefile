@@ -37,6 +37,7 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -x
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/api_throughput.py
 
 clean:

@@ -25,6 +25,7 @@ from salvia.algorithms import formats
 from salvia.algorithms.base import AlgorithmError
 
 MODEL_NAME = "xgboost-model"
+_THREADED_ROWS = 4096
 
 
 def csv_rows(text: str) -> tuple[np.ndarray, str]:
@@ -32,10 +33,14 @@ def csv_rows(text: str) -> tuple[np.ndarray, str]:
     lines = [line for line in text.strip().split("\n") if line.strip()]
     if not lines:
         return np.empty((0, 0)), ","
-    try:
-        delimiter = csv.Sniffer().sniff(lines[0][:512]).delimiter
-    except csv.Error:
-        delimiter = ","
+    head = lines[0][:512]
+    if "," in head and not any(other in head for other in ";\t| "):
+        delimiter = ","  # what sniffing finds, without its cost (~70 us) on the serving path
+    else:
+        try:
+            delimiter = csv.Sniffer().sniff(head).delimiter
+        except csv.Error:
+            delimiter = ","
     delimiter = "," if delimiter.isalnum() else delimiter
     try:
         rows = [[float(x) if x.strip() else np.nan for x in line.split(delimiter)]
@@ -121,7 +126,8 @@ def input_fn(body: bytes | str, content_type: str | None) -> Any:
     text = body.decode("utf-8") if isinstance(body, bytes) and base != formats.RECORDIO else body
     if base in ("text/csv", "csv"):
         rows, _ = csv_rows(str(text))
-        return xgb.DMatrix(rows)
+        # threads only pay off for big batches; for a few rows they cost more than they save
+        return xgb.DMatrix(rows, nthread=1 if len(rows) < _THREADED_ROWS else -1)
     if base in ("text/libsvm", "text/x-libsvm", "libsvm"):
         return xgb.DMatrix(_request_libsvm(str(text).strip()))
     if base in (formats.JSON, formats.JSONLINES, formats.RECORDIO, "application/jsonl"):
