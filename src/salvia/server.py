@@ -37,9 +37,11 @@ from salvia.resources.registry import Handler, collect, is_read_only
 from salvia.resources.search import Search, Searchable
 from salvia.resources.tags import Tags
 from salvia.resources.training import TrainingJobs
+from salvia.resources.transform import TransformJobs
 from salvia.resources.trial_components import TrialComponents
 from salvia.runstate import clear_state, write_state
 from salvia.serving.autoscaler import Autoscaler
+from salvia.serving.batch import TransformEngine
 from salvia.serving.capture import CaptureWriter
 from salvia.serving.engine import EndpointEngine, ServingContext
 from salvia.store.metadata import MetadataStore
@@ -72,12 +74,14 @@ class Platform:
     serving: EndpointEngine
     capture: CaptureWriter
     autoscaler: Autoscaler
+    transform: TransformEngine
 
     def start(self, public_url: str) -> None:
         """Begin background work: jobs and endpoints a previous server left are re-attached."""
         self.training.ctx.public_url = public_url
         self.training.recover()
         self.serving.recover()
+        self.transform.recover()
         self.autoscaler.start()
 
     def close(self) -> None:
@@ -115,6 +119,7 @@ def create_platform(settings: Settings) -> Platform:
     )
     capture = CaptureWriter(objects)
     serving = EndpointEngine(ServingContext(settings, store, objects, executor, runtimes, clock))
+    transform = TransformEngine(serving)
     training_jobs = TrainingJobs(ctx, training, experiments)
     training.ctx.on_finished = training_jobs.on_finished
     search = Search(
@@ -129,7 +134,13 @@ def create_platform(settings: Settings) -> Platform:
         },
     )
     sagemaker_handlers = collect(
-        experiments, components, Tags(ctx), search, training_jobs, Hosting(ctx, serving)
+        experiments,
+        components,
+        Tags(ctx),
+        search,
+        training_jobs,
+        Hosting(ctx, serving),
+        TransformJobs(ctx, transform),
     )
     metrics_handlers = collect(Metrics(ctx))
 
@@ -165,6 +176,7 @@ def create_platform(settings: Settings) -> Platform:
         serving=serving,
         capture=capture,
         autoscaler=autoscaler,
+        transform=transform,
     )
 
 

@@ -13,6 +13,7 @@ with SAGEMAKER_INFERENCE_OUTPUT); SAGEMAKER_INFERENCE_OUTPUT selects `predicted_
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -26,14 +27,17 @@ from salvia.algorithms.base import AlgorithmError
 
 MODEL_NAME = "xgboost-model"
 _THREADED_ROWS = 4096
+_BULK_BYTES = 64 * 1024
+# the instance's threads (the executor sets OMP_NUM_THREADS from its instance type)
+_THREADS = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 
 
 def csv_rows(text: str) -> tuple[np.ndarray, str]:
     """Rows of a CSV text with the delimiter sniffed; empty cells are missing values."""
-    lines = [line for line in text.strip().split("\n") if line.strip()]
-    if not lines:
+    text = text.strip()
+    if not text:
         return np.empty((0, 0)), ","
-    head = lines[0][:512]
+    head = text[: text.find("\n") if "\n" in text else len(text)][:512]
     if "," in head and not any(other in head for other in ";\t| "):
         delimiter = ","  # what sniffing finds, without its cost (~70 us) on the serving path
     else:
@@ -43,6 +47,13 @@ def csv_rows(text: str) -> tuple[np.ndarray, str]:
             delimiter = ","
     delimiter = "," if delimiter.isalnum() else delimiter
     try:
+        if len(text) > _BULK_BYTES:  # batch transform's megabytes: the C parser, ~20x faster
+            import pandas as pd
+
+            frame = pd.read_csv(io.StringIO(text), header=None, sep=delimiter, dtype=np.float64,
+                                skip_blank_lines=True, engine="c")  # fmt: skip
+            return frame.to_numpy(), delimiter
+        lines = [line for line in text.split("\n") if line.strip()]
         rows = [[float(x) if x.strip() else np.nan for x in line.split(delimiter)]
                 for line in lines]  # fmt: skip
         return np.array(rows, dtype=np.float64), delimiter
@@ -155,7 +166,10 @@ def _request_libsvm(text: str) -> Any:
 
 def predict_fn(data: Any, model: Model) -> Predictions:
     """serve_utils.predict: one booster, or the ensemble's vote (softmax, hinge) or mean."""
+    threads = _THREADS if data.num_row() >= _THREADED_ROWS else 1
     try:
+        for booster in model.boosters:
+            booster.set_param("nthread", threads)
         outputs = [b.predict(data, validate_features=False) for b in model.boosters]
     except Exception as error:  # xgboost's feature-count check and the like
         raise AlgorithmError(f"Unable to evaluate payload provided: {error}") from None

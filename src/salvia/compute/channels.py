@@ -256,3 +256,15 @@ def _gunzip(chunks: Iterable[bytes], out: IO[bytes]) -> None:
             else:
                 chunk = b""
     out.write(decompressor.flush())
+
+
+def source_objects(store: ObjectStore, name: str, s3_data_source: dict[str, Any]) -> list[_Item]:
+    """The objects an `S3DataSource` names (a prefix's keys in order, or a manifest's entries),
+    each with its path relative to the prefix. Raises ChannelError."""
+    uri = s3_data_source["S3Uri"]
+    try:
+        if s3_data_source.get("S3DataType", "S3Prefix") == "ManifestFile":
+            return _manifest_items(store, name, uri)
+        return _prefix_items(store, name, uri)
+    except ObjectStoreError as exc:
+        raise ChannelError(f"{name}: could not read {uri!r}: {exc.message}") from exc

@@ -258,21 +258,38 @@ class EndpointEngine:
                     route.variants.append(live)
         except Exception:
             for handle in started:
-                self._stop(handle, grace_seconds=5)
+                self.stop_instance(handle, grace_seconds=5)
             raise
         return route, instances
 
     def _containers(
         self, record: Record, variant: dict[str, Any], extract: bool = True
     ) -> list[ContainerSetup]:
-        """Each container's model directory and environment: one for a plain model, several for
-        an inference pipeline (`Containers`), in calling order."""
-        model = self.ctx.store.get(MODEL, variant["ModelName"])
+        root = _variant_dir(self.ctx.endpoints_dir, record, variant)
+        return self.prepare_model(variant["ModelName"], root, extract)
+
+    # --- the primitives endpoints, batch transform and serverless share ---------------------
+
+    def prepare_model(
+        self,
+        model_name: str,
+        root: Path,
+        extract: bool = True,
+        environment: dict[str, str] | None = None,
+    ) -> list[ContainerSetup]:
+        """Each container's model directory (under `root`) and environment: one for a plain
+        model, several for an inference pipeline (`Containers`), in calling order.
+        `environment` adds to (and overrides) every container's."""
+        model = self.ctx.store.get(MODEL, model_name)
         if model is None:
-            raise DeployFailed(f"Model {variant['ModelName']} does not exist.")
+            raise DeployFailed(f"Model {model_name} does not exist.")
         primary = model.body.get("PrimaryContainer")
         containers = [primary] if primary else (model.body.get("Containers") or [{}])
-        root = _variant_dir(self.ctx.endpoints_dir, record, variant)
+        if environment:
+            containers = [
+                {**c, "Environment": {**(c.get("Environment") or {}), **environment}}
+                for c in containers
+            ]
         direct = (model.body.get("InferenceExecutionConfig") or {}).get("Mode") == "Direct"
         return [
             ContainerSetup(
@@ -332,10 +349,10 @@ class EndpointEngine:
                 clients.append(client)
                 handles.append(handle)
             for handle in handles:
-                self._wait_healthy(handle, timeout)
+                self.wait_healthy(handle, timeout)
         except Exception:
             for handle in handles:
-                self._stop(handle, grace_seconds=5)
+                self.stop_instance(handle, grace_seconds=5)
             raise
         return clients, handles
 
@@ -347,13 +364,30 @@ class EndpointEngine:
         containers: list[ContainerSetup],
         instance_type: Any,
     ) -> tuple[Instance, dict[str, Any]]:
+        root = _variant_dir(self.ctx.endpoints_dir, record, variant) / f"instance-{index}"
+        host = f"{variant['VariantName']}-{index}"
+        instance_client, instance = self.start_instance(
+            record.name, host, root, containers, instance_type
+        )
+        if instance.get("MultiModel") is not None:
+            instance["MultiModel"].update(Endpoint=record.name, Variant=variant["VariantName"])
+            instance_client = self._client(instance)
+        return instance_client, instance
+
+    def start_instance(
+        self,
+        owner: str,
+        host: str,
+        root: Path,
+        containers: list[ContainerSetup],
+        instance_type: Any,
+    ) -> tuple[Instance, dict[str, Any]]:
         """One instance: a model server per container (several for a serial pipeline), its
         handle recorded as `{Handle, Port, Log}` of the first container plus, for a pipeline,
-        `Containers` listing them all."""
+        `Containers` listing them all. It runs in the background: `wait_healthy` next."""
         import os
         import sys
 
-        root = _variant_dir(self.ctx.endpoints_dir, record, variant) / f"instance-{index}"
         base = {k: os.environ[k] for k in ("PATH", "LANG", "HOME", "TMPDIR") if k in os.environ}
         processes = []
         for number, container in enumerate(containers):
@@ -361,8 +395,8 @@ class EndpointEngine:
             workdir.mkdir(parents=True, exist_ok=True)
             port = _free_port()
             spec = InstanceSpec(
-                job_name=record.name,
-                host=f"{variant['VariantName']}-{index}" + (f"-{number}" if number else ""),
+                job_name=owner,
+                host=host + (f"-{number}" if number else ""),
                 command=[
                     *(sys.executable, "-m", "salvia.serving.model_server"),
                     *("--model-dir", str(container.model_dir), "--port", str(port)),
@@ -385,8 +419,8 @@ class EndpointEngine:
                 **containers[0].multi_model,
                 "Directory": str(containers[0].model_dir),
                 "BudgetBytes": int(budget_mib * 1024 * 1024),
-                "Endpoint": record.name,
-                "Variant": variant["VariantName"],
+                "Endpoint": owner,
+                "Variant": host,
             }
         if len(processes) > 1:
             instance["Containers"] = processes
@@ -415,18 +449,18 @@ class EndpointEngine:
         hostnames = [p.get("Hostname") for p in processes]
         return PipelineClient(stages, hostnames, direct=instance.get("Mode") == "Direct")
 
-    def _stop(self, instance: dict[str, Any], grace_seconds: float) -> None:
+    def stop_instance(self, instance: dict[str, Any], grace_seconds: float = 10) -> None:
         for process in _processes(instance):
             self.ctx.executor.stop(process["Handle"], grace_seconds=grace_seconds)
 
-    def _wait_healthy(self, instance: dict[str, Any], timeout: float) -> None:
+    def wait_healthy(self, instance: dict[str, Any], timeout: float) -> None:
         """Every container of the instance must answer `/ping` with 200 in time."""
         deadline = time.monotonic() + timeout
         for process in _processes(instance):
             try:
                 self._wait_process(process, deadline, timeout)
             except DeployFailed:
-                self._stop(instance, grace_seconds=5)
+                self.stop_instance(instance, grace_seconds=5)
                 raise
 
     def _wait_process(self, process: dict[str, Any], deadline: float, timeout: float) -> None:
@@ -479,7 +513,7 @@ class EndpointEngine:
                 client, handle = self._start_instance(
                     record, spec, len(handles) + _suffix(), containers, kind
                 )
-                self._wait_healthy(
+                self.wait_healthy(
                     handle, spec.get("ContainerStartupHealthCheckTimeoutInSeconds", 240)
                 )
                 handles.append(handle)
@@ -487,7 +521,7 @@ class EndpointEngine:
             while count is not None and len(handles) > count:
                 handle = handles.pop()
                 variant.clients = [c for c in variant.clients if c.port != handle["Port"]]
-                self._stop(handle, grace_seconds=10)
+                self.stop_instance(handle, grace_seconds=10)
 
         def updated(body: dict[str, Any]) -> None:
             body["_Instances"] = instances
@@ -530,7 +564,7 @@ class EndpointEngine:
         self.routes[name.lower()] = route  # traffic moves only now, to a healthy fleet
         for handles in old_instances.values():
             for handle in handles:
-                self._stop(handle, grace_seconds=10)
+                self.stop_instance(handle, grace_seconds=10)
         old_generation = record.body.get("_Generation", "g0")
         shutil.rmtree(self.ctx.endpoints_dir / name / old_generation, ignore_errors=True)
 
@@ -570,7 +604,7 @@ class EndpointEngine:
         if not alive or config is None:
             for handles in recorded.values():
                 for h in handles:
-                    self._stop(h, grace_seconds=5)
+                    self.stop_instance(h, grace_seconds=5)
             self._deploy(record.name)
             return
         production = config.body["ProductionVariants"]
@@ -600,7 +634,7 @@ class EndpointEngine:
         if record is not None:
             for handles in (record.body.get("_Instances") or {}).values():
                 for h in handles:
-                    self._stop(h, grace_seconds=10)
+                    self.stop_instance(h, grace_seconds=10)
             self.ctx.store.delete(ENDPOINT, name)
         shutil.rmtree(self.ctx.endpoints_dir / name, ignore_errors=True)
 

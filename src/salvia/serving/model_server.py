@@ -70,7 +70,15 @@ class Settings:
 class ModelServer:
     """The ASGI application. Plain ASGI rather than a framework: it sits on the serving hot path."""
 
-    def __init__(self, settings: Settings, environ: MutableMapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        environ: MutableMapping[str, str] | None = None,
+        load_before_serving: bool = False,
+    ) -> None:
+        # With several worker processes sharing a port, one worker's /ping cannot vouch for
+        # another's model: each loads before it takes connections.
+        self.load_before_serving = load_before_serving
         self.settings = settings
         self.environ = os.environ if environ is None else environ
         self.state = LOADING
@@ -140,6 +148,9 @@ class ModelServer:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.start_loading()
+                if self.load_before_serving:
+                    while self.state == LOADING:  # a worker of several: ready when it serves
+                        await asyncio.sleep(0.02)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self._worker.stop()
@@ -422,7 +433,7 @@ async def _too_large(send: Send, size: int, limit: int) -> None:
 def create_app() -> ModelServer:
     """The application of a worker process (`SAGEMAKER_MODEL_SERVER_WORKERS` > 1)."""
     model_dir = Path(os.environ[_MODEL_DIR_VARIABLE])
-    return ModelServer(Settings.from_environ(model_dir, os.environ))
+    return ModelServer(Settings.from_environ(model_dir, os.environ), load_before_serving=True)
 
 
 def main(argv: list[str] | None = None) -> None:

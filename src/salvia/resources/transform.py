@@ -1,0 +1,129 @@
+"""Batch transform jobs: CreateTransformJob, DescribeTransformJob, ListTransformJobs,
+StopTransformJob. The request is checked once here; the job runs in the transform engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from salvia.compute.instance_types import lookup as lookup_instance_type
+from salvia.errors import AlreadyExists, ResourceInUse, ValidationException
+from salvia.resources.common import ResourceContext, list_page, list_query, name_from, tag_pairs
+from salvia.resources.registry import operation
+from salvia.serving.batch import KIND, TransformEngine
+from salvia.serving.batch_records import Processing
+from salvia.serving.engine import MODEL
+from salvia.store.metadata import Record
+
+_SUMMARY = ("TransformJobName", "TransformJobArn", "TransformEndTime", "TransformJobStatus",
+            "FailureReason")  # fmt: skip
+
+
+class TransformJobs:
+    def __init__(self, ctx: ResourceContext, engine: TransformEngine) -> None:
+        self.ctx = ctx
+        self.engine = engine
+
+    def job(self, name: str) -> Record:
+        record = self.ctx.store.get(KIND, name_from(name, KIND))
+        if record is None:
+            arn = self.ctx.arn(KIND, name_from(name, KIND))
+            raise ValidationException(f"Could not find requested job with name {arn}")
+        return record
+
+    @operation("CreateTransformJob")
+    def create_transform_job(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = request["TransformJobName"]
+        self._check(request)
+        body = {k: v for k, v in request.items() if k != "Tags" and v is not None}
+        body["TransformJobStatus"] = "InProgress"
+        record = self.ctx.new_record(
+            KIND, name, body, arn_member="TransformJobArn", status="InProgress"
+        )
+        try:
+            self.ctx.store.create(record, tag_pairs(request.get("Tags")))
+        except AlreadyExists:
+            raise ResourceInUse(
+                "Job name must be unique within an AWS account and region, and a job with this "
+                f"name already exists ({record.arn})"
+            ) from None
+        self.engine.submit(name)
+        return {"TransformJobArn": record.arn}
+
+    def _check(self, request: dict[str, Any]) -> None:
+        model = request["ModelName"]
+        if self.ctx.store.get(MODEL, model) is None:
+            raise ValidationException(
+                f'ModelName: could not find model "{self.ctx.arn(MODEL, model)}".'
+            )
+        source = request["TransformInput"]["DataSource"].get("S3DataSource")
+        if not source:
+            raise ValidationException("TransformInput.DataSource.S3DataSource is required.")
+        if source.get("S3DataType", "S3Prefix") not in ("S3Prefix", "ManifestFile"):
+            raise ValidationException(
+                "TransformInput.DataSource.S3DataSource.S3DataType must be S3Prefix or "
+                "ManifestFile (AugmentedManifestFile is not supported by Salvia yet)."
+            )
+        for member, uri in (
+            ("TransformInput.DataSource.S3DataSource.S3Uri", source.get("S3Uri", "")),
+            ("TransformOutput.S3OutputPath", request["TransformOutput"].get("S3OutputPath", "")),
+        ):
+            if not uri.startswith("s3://") or len(uri) <= len("s3://"):
+                raise ValidationException(f"{member} must be an s3:// URI, got {uri!r}.")
+        if request["TransformInput"].get("SplitType") == "TFRecord":
+            raise ValidationException(
+                "TransformInput.SplitType TFRecord is not supported by Salvia yet; use Line, "
+                "RecordIO or None."
+            )
+        payload = request.get("MaxPayloadInMB")
+        concurrency = request.get("MaxConcurrentTransforms")
+        if payload and concurrency and payload * concurrency > 100:
+            raise ValidationException(
+                "MaxConcurrentTransforms * MaxPayloadInMB must not exceed 100 MB "
+                f"({concurrency} * {payload})."
+            )
+        lookup_instance_type(request["TransformResources"].get("InstanceType") or "local")
+        try:
+            Processing.of(request.get("DataProcessing"))
+        except ValueError as error:
+            raise ValidationException(str(error)) from None
+
+    @staticmethod
+    def _describe(record: Record) -> dict[str, Any]:
+        return {
+            **{k: v for k, v in record.body.items() if not k.startswith("_")},
+            "CreationTime": record.creation_time,
+        }
+
+    @operation("DescribeTransformJob")
+    def describe_transform_job(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._describe(self.job(request["TransformJobName"]))
+
+    @operation("ListTransformJobs")
+    def list_transform_jobs(self, request: dict[str, Any]) -> dict[str, Any]:
+        return list_page(self.ctx, list_query(KIND, request), "TransformJobSummaries", _summary)
+
+    @operation("StopTransformJob")
+    def stop_transform_job(self, request: dict[str, Any]) -> dict[str, Any]:
+        record = self.job(request["TransformJobName"])
+        status = record.body.get("TransformJobStatus")
+        if status in ("Stopping", "Stopped"):
+            return {}
+        if status != "InProgress":
+            raise ValidationException(
+                f"The transform job {record.name} is not in InProgress state: it is {status}."
+            )
+
+        def change(job: Record) -> None:
+            if job.body.get("TransformJobStatus") == "InProgress":
+                job.body["TransformJobStatus"] = "Stopping"
+                job.status = "Stopping"
+
+        self.ctx.store.update(KIND, record.name, change, self.ctx.clock.now())
+        self.engine.stop(record.name)
+        return {}
+
+
+def _summary(record: Record) -> dict[str, Any]:
+    summary = {key: record.body.get(key) for key in _SUMMARY}
+    summary.update(CreationTime=record.creation_time, LastModifiedTime=record.last_modified_time)
+    return summary
