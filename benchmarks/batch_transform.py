@@ -85,7 +85,7 @@ def transform(salvia: Salvia, model_dir: Path, data: Path) -> float:
             "SplitType": "Line",
         },
         TransformOutput={"S3OutputPath": "s3://bench/output", "AssembleWith": "Line"},
-        TransformResources={"InstanceType": "ml.c5.large", "InstanceCount": 1},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
     )  # fmt: skip
     while True:
         job = sm.describe_transform_job(TransformJobName="bench")

@@ -340,6 +340,11 @@ def _container_environment(body: dict[str, Any], instance_type: Any) -> dict[str
     vcpus = instance_type.vcpus_on_host or 1
     workers = min(concurrency, vcpus) if concurrency else vcpus
     env.setdefault("SAGEMAKER_MODEL_SERVER_WORKERS", str(max(workers, 1)))
+    # the instance's vCPUs shared among its workers: more threads than cores makes OpenMP's
+    # spinning threads fight each other
+    threads = str(max(1, vcpus // max(1, int(env["SAGEMAKER_MODEL_SERVER_WORKERS"]))))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(variable, threads)
     return env
 
 

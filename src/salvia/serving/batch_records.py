@@ -91,17 +91,18 @@ def _recordio_frames(data: bytes) -> Iterator[bytes]:
 def line_chunks(data: bytes, limit: int) -> Iterator[Batch]:
     """`Line` + `MultiRecord` without data processing: cut at the last newline under `limit`
     bytes (0: no limit) without looking at the records in between."""
-    start, size = 0, len(data)
+    start, size, first = 0, len(data), 0
     while start < size:
         if limit <= 0 or size - start <= limit:
             end = size
         else:
             end = data.rfind(b"\n", start, start + limit) + 1
             if end <= start:
-                raise RecordError(_too_large(data.count(b"\n", 0, start), limit))
+                raise RecordError(_too_large(first, limit))
         chunk = data[start:end]
         if chunk.strip():
-            yield Batch(chunk, data.count(b"\n", 0, start), [])
+            yield Batch(chunk, first, [])
+        first += chunk.count(b"\n")
         start = end
 
 
