@@ -37,11 +37,10 @@ from salvia.resources.registry import Handler, collect, is_read_only
 from salvia.resources.search import Search, Searchable
 from salvia.resources.tags import Tags
 from salvia.resources.training import TrainingJobs
-from salvia.resources.transform import TransformJobs
 from salvia.resources.trial_components import TrialComponents
+from salvia.resources.tuning import HyperParameterTuning
 from salvia.runstate import clear_state, write_state
 from salvia.serving.autoscaler import Autoscaler
-from salvia.serving.batch import TransformEngine
 from salvia.serving.capture import CaptureWriter
 from salvia.serving.engine import EndpointEngine, ServingContext
 from salvia.store.metadata import MetadataStore
@@ -49,6 +48,7 @@ from salvia.store.objects import ObjectStore, object_store_from_settings
 from salvia.store.sql import SqlMetadataStore
 from salvia.training.engine import KIND as TRAINING_JOB
 from salvia.training.engine import EngineContext, TrainingEngine
+from salvia.tuning import TuningContext, TuningEngine
 
 log = logging.getLogger("salvia")
 
@@ -74,18 +74,21 @@ class Platform:
     serving: EndpointEngine
     capture: CaptureWriter
     autoscaler: Autoscaler
-    transform: TransformEngine
+    tuning: TuningEngine | None = None
 
     def start(self, public_url: str) -> None:
         """Begin background work: jobs and endpoints a previous server left are re-attached."""
         self.training.ctx.public_url = public_url
         self.training.recover()
         self.serving.recover()
-        self.transform.recover()
+        if self.tuning is not None:
+            self.tuning.start()
         self.autoscaler.start()
 
     def close(self) -> None:
         self.autoscaler.stop()
+        if self.tuning is not None:
+            self.tuning.shutdown()
         self.training.shutdown()
         self.serving.shutdown()
         self.capture.close()
@@ -119,9 +122,18 @@ def create_platform(settings: Settings) -> Platform:
     )
     capture = CaptureWriter(objects)
     serving = EndpointEngine(ServingContext(settings, store, objects, executor, runtimes, clock))
-    transform = TransformEngine(serving)
     training_jobs = TrainingJobs(ctx, training, experiments)
     training.ctx.on_finished = training_jobs.on_finished
+    tuning = TuningEngine(
+        TuningContext(
+            store,
+            clock,
+            create_training_job=training_jobs.create_training_job,
+            stop_training_job=lambda name: training_jobs.stop_training_job(
+                {"TrainingJobName": name}
+            ),
+        )
+    )
     search = Search(
         ctx,
         {
@@ -140,7 +152,7 @@ def create_platform(settings: Settings) -> Platform:
         search,
         training_jobs,
         Hosting(ctx, serving),
-        TransformJobs(ctx, transform),
+        HyperParameterTuning(ctx, tuning, training_jobs),
     )
     metrics_handlers = collect(Metrics(ctx))
 
@@ -176,7 +188,7 @@ def create_platform(settings: Settings) -> Platform:
         serving=serving,
         capture=capture,
         autoscaler=autoscaler,
-        transform=transform,
+        tuning=tuning,
     )
 
 

@@ -106,6 +106,15 @@ class TrainingJobs:
         self.engine.submit(name)
         return {"TrainingJobArn": record.arn}
 
+    def validate(self, request: dict[str, Any]) -> None:
+        """Check a CreateTrainingJob request as `create_training_job` does, creating nothing
+        (tuning checks its trials' requests up front); a built-in algorithm's predefined
+        metrics are added to the request's MetricDefinitions."""
+        algorithm = request.get("AlgorithmSpecification")
+        if not algorithm:
+            raise ValidationException("AlgorithmSpecification is required.")
+        self._check(request, algorithm)
+
     def _check(self, request: dict[str, Any], algorithm: dict[str, Any]) -> None:
         if algorithm.get("AlgorithmName"):
             raise NotImplementedOperation(
