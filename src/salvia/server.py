@@ -37,10 +37,12 @@ from salvia.resources.registry import Handler, collect, is_read_only
 from salvia.resources.search import Search, Searchable
 from salvia.resources.tags import Tags
 from salvia.resources.training import TrainingJobs
+from salvia.resources.transform import TransformJobs
 from salvia.resources.trial_components import TrialComponents
 from salvia.resources.tuning import HyperParameterTuning
 from salvia.runstate import clear_state, write_state
 from salvia.serving.autoscaler import Autoscaler
+from salvia.serving.batch import TransformEngine
 from salvia.serving.capture import CaptureWriter
 from salvia.serving.engine import EndpointEngine, ServingContext
 from salvia.store.metadata import MetadataStore
@@ -74,6 +76,7 @@ class Platform:
     serving: EndpointEngine
     capture: CaptureWriter
     autoscaler: Autoscaler
+    transform: TransformEngine
     tuning: TuningEngine | None = None
 
     def start(self, public_url: str) -> None:
@@ -81,6 +84,7 @@ class Platform:
         self.training.ctx.public_url = public_url
         self.training.recover()
         self.serving.recover()
+        self.transform.recover()
         if self.tuning is not None:
             self.tuning.start()
         self.autoscaler.start()
@@ -122,6 +126,7 @@ def create_platform(settings: Settings) -> Platform:
     )
     capture = CaptureWriter(objects)
     serving = EndpointEngine(ServingContext(settings, store, objects, executor, runtimes, clock))
+    transform = TransformEngine(serving)
     training_jobs = TrainingJobs(ctx, training, experiments)
     training.ctx.on_finished = training_jobs.on_finished
     tuning = TuningEngine(
@@ -152,6 +157,7 @@ def create_platform(settings: Settings) -> Platform:
         search,
         training_jobs,
         Hosting(ctx, serving),
+        TransformJobs(ctx, transform),
         HyperParameterTuning(ctx, tuning, training_jobs),
     )
     metrics_handlers = collect(Metrics(ctx))
@@ -189,6 +195,7 @@ def create_platform(settings: Settings) -> Platform:
         capture=capture,
         autoscaler=autoscaler,
         tuning=tuning,
+        transform=transform,
     )
 
 
