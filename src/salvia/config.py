@@ -40,6 +40,18 @@ class Settings:
     ray_address: str = ""
     # seconds between two passes of the endpoint autoscaler (Application Auto Scaling policies)
     autoscaling_period: float = 5.0
+    # SNS topic ARNs of async endpoints' notifications mapped to webhook URLs:
+    # "arn:aws:sns:us-east-1:123456789012:done=http://host/hook,arn:...:failed=http://..."
+    notification_webhooks: str = ""
+    # how long an async endpoint's queue stays empty before a MinCapacity-0 variant scales to zero
+    async_scale_in_seconds: float = 60.0
+
+    def webhooks(self) -> dict[str, str]:
+        """`notification_webhooks` as {topic ARN: URL}."""
+        pairs = (
+            item.split("=", 1) for item in self.notification_webhooks.split(",") if "=" in item
+        )
+        return {topic.strip(): url.strip() for topic, url in pairs}
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -66,6 +78,10 @@ class Settings:
             raise ValueError(f"auth_mode must be 'open', got {self.auth_mode!r}")
         if self.executor not in {"local", "ray"}:
             raise ValueError(f"executor must be 'local' or 'ray', got {self.executor!r}")
+        if not self.async_scale_in_seconds > 0:
+            raise ValueError(
+                f"async_scale_in_seconds must be > 0, got {self.async_scale_in_seconds}"
+            )
         if not self.autoscaling_period > 0:
             raise ValueError(f"autoscaling_period must be > 0, got {self.autoscaling_period}")
         if not 0 <= self.port <= 65535:
@@ -88,6 +104,8 @@ _ENV = {
     "SALVIA_EXECUTOR": "executor",
     "SALVIA_RAY_ADDRESS": "ray_address",
     "SALVIA_AUTOSCALING_PERIOD": "autoscaling_period",
+    "SALVIA_NOTIFICATION_WEBHOOKS": "notification_webhooks",
+    "SALVIA_ASYNC_SCALE_IN_SECONDS": "async_scale_in_seconds",
 }
 
 
@@ -96,7 +114,7 @@ def _coerce(name: str, value: Any) -> Any:
         return Path(str(value)).expanduser().resolve()
     if name == "port":
         return int(value)
-    if name == "autoscaling_period":
+    if name in ("autoscaling_period", "async_scale_in_seconds"):
         return float(value)
     return str(value)
 

@@ -41,6 +41,7 @@ from salvia.resources.transform import TransformJobs
 from salvia.resources.trial_components import TrialComponents
 from salvia.resources.tuning import HyperParameterTuning
 from salvia.runstate import clear_state, write_state
+from salvia.serving.async_inference import AsyncInference
 from salvia.serving.autoscaler import Autoscaler
 from salvia.serving.batch import TransformEngine
 from salvia.serving.capture import CaptureWriter
@@ -77,6 +78,7 @@ class Platform:
     capture: CaptureWriter
     autoscaler: Autoscaler
     transform: TransformEngine
+    asynchronous: AsyncInference
     tuning: TuningEngine | None = None
 
     def start(self, public_url: str) -> None:
@@ -85,12 +87,14 @@ class Platform:
         self.training.recover()
         self.serving.recover()
         self.transform.recover()
+        self.asynchronous.start()
         if self.tuning is not None:
             self.tuning.start()
         self.autoscaler.start()
 
     def close(self) -> None:
         self.autoscaler.stop()
+        self.asynchronous.stop()
         if self.tuning is not None:
             self.tuning.shutdown()
         self.training.shutdown()
@@ -162,7 +166,8 @@ def create_platform(settings: Settings) -> Platform:
     )
     metrics_handlers = collect(Metrics(ctx))
 
-    runtime = RuntimeProtocol(serving, store, settings, capture)
+    asynchronous = AsyncInference(serving)
+    runtime = RuntimeProtocol(serving, store, settings, capture, asynchronous)
     autoscaler = Autoscaler(settings, store, clock, serving, runtime.metrics)
     limiter = anyio.CapacityLimiter(WORKER_THREADS)
 
@@ -196,6 +201,7 @@ def create_platform(settings: Settings) -> Platform:
         autoscaler=autoscaler,
         tuning=tuning,
         transform=transform,
+        asynchronous=asynchronous,
     )
 
 

@@ -1,5 +1,5 @@
-"""`sagemaker-runtime` InvokeEndpoint and InvokeEndpointWithResponseStream: the gateway from
-clients to model-server instances.
+"""`sagemaker-runtime` InvokeEndpoint, InvokeEndpointWithResponseStream and
+InvokeEndpointAsync: the gateway from clients to model-server instances.
 
 The body passes through untouched; the variant is chosen by weight (or `TargetVariant`) and the
 instance round-robin over pooled keep-alive connections. A container's non-2xx answer becomes
@@ -26,6 +26,7 @@ from salvia.api.auth import parse_authorization
 from salvia.api.errors import new_request_id
 from salvia.config import Settings
 from salvia.errors import SalviaError
+from salvia.serving.async_inference import AsyncInference, AsyncRefused
 from salvia.serving.capture import CaptureWriter
 from salvia.serving.client import InstanceClient, InstanceUnavailable, PipelineClient, Reply
 from salvia.serving.engine import ENDPOINT, EndpointEngine, Instance, Route, Variant
@@ -44,6 +45,8 @@ _FORWARDED = (
     "x-amzn-sagemaker-inference-id",
 )
 PREFIX, SUFFIX, STREAM_SUFFIX = "/endpoints/", "/invocations", "/invocations-response-stream"
+ASYNC_SUFFIX = "/async-invocations"
+_MODES = ((SUFFIX, "invoke"), (STREAM_SUFFIX, "stream"), (ASYNC_SUFFIX, "async"))
 
 
 class _Refused(Exception):
@@ -91,7 +94,9 @@ class RuntimeProtocol:
         store: MetadataStore,
         settings: Settings,
         capture: CaptureWriter | None = None,
+        asynchronous: AsyncInference | None = None,
     ) -> None:
+        self.asynchronous = asynchronous
         self.engine = engine
         self.store = store
         self.settings = settings
@@ -129,20 +134,27 @@ class RuntimeProtocol:
             )
 
     @staticmethod
-    def endpoint_of(method: str, path: str) -> tuple[str, bool] | None:
-        """(endpoint name, whether the response streams) of a runtime invocation path."""
+    def endpoint_of(method: str, path: str) -> tuple[str, str] | None:
+        """(endpoint name, `invoke` | `stream` | `async`) of a runtime invocation path."""
         if method != "POST" or not path.startswith(PREFIX):
             return None
-        for suffix, streaming in ((SUFFIX, False), (STREAM_SUFFIX, True)):
+        for suffix, mode in (
+            (SUFFIX, "invoke"),
+            (STREAM_SUFFIX, "stream"),
+            (ASYNC_SUFFIX, "async"),
+        ):
             if path.endswith(suffix):
                 name = path[len(PREFIX) : -len(suffix)]
                 if name and "/" not in name:
-                    return urllib.parse.unquote(name), streaming
+                    return urllib.parse.unquote(name), mode
         return None
 
-    async def handle(self, request: Request, target: tuple[str, bool]) -> Response:
-        name, streaming = target
+    async def handle(self, request: Request, target: tuple[str, str]) -> Response:
+        name, mode = target
+        streaming = mode == "stream"
         request_id = new_request_id()
+        if mode == "async":
+            return await self._queue(request, name, request_id)
         try:
             call = await self._prepare(request, name, streaming)
         except _Refused as refusal:
@@ -256,6 +268,44 @@ class RuntimeProtocol:
                 "x-amzn-sagemaker-custom-attributes"
             ]
         return Response(reply.body, status_code=200, media_type=content_type, headers=out)
+
+    async def _queue(self, request: Request, name: str, request_id: str) -> Response:
+        """InvokeEndpointAsync: queued durably, answered at once with where the answer will be."""
+        if self.asynchronous is None:
+            return _error("ValidationError", "Asynchronous inference is off.", 400, request_id)
+        try:
+            parse_authorization(request.headers.get("authorization"))
+        except SalviaError as error:
+            return _error(error.code, error.message, 400, request_id)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_PAYLOAD:
+                return _error(
+                    "ValidationError",
+                    "An inline asynchronous payload is limited to 6 MB; larger inputs go in "
+                    "InputLocation (up to 1 GB).",
+                    400,
+                    request_id,
+                )
+            chunks.append(chunk)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            queued = await asyncio.to_thread(
+                self.asynchronous.submit, name, headers, b"".join(chunks)
+            )
+        except AsyncRefused as refusal:
+            return _error("ValidationError", str(refusal), 400, request_id)
+        return Response(
+            orjson.dumps({"InferenceId": queued.inference_id}),
+            status_code=202,
+            media_type="application/json",
+            headers={
+                "x-amzn-RequestId": request_id,
+                "X-Amzn-SageMaker-OutputLocation": queued.output_location,
+                "X-Amzn-SageMaker-FailureLocation": queued.failure_location,
+            },
+        )
 
     def _log_stream(self, name: str) -> str:
         return (

@@ -40,7 +40,7 @@ from salvia.serving.autoscaler import (
     records,
     target_key,
 )
-from salvia.serving.engine import ENDPOINT
+from salvia.serving.engine import ENDPOINT, ENDPOINT_CONFIG
 from salvia.store.metadata import Record
 
 SERVICE = "Application Auto Scaling"
@@ -103,13 +103,18 @@ class AutoScaling:
         return record
 
     @staticmethod
-    def _capacity(request: dict[str, Any], member: str) -> int | None:
+    def _capacity(request: dict[str, Any], member: str, floor: int = 1) -> int | None:
         value = request.get(member)
-        if value is not None and value < 1:
+        if value is not None and value < floor:
+            kind = "an asynchronous" if floor == 0 else "a real-time"
             raise ValidationException(
-                f"{member} must be at least 1 for a SageMaker variant, got {value}."
+                f"{member} must be at least {floor} for {kind} SageMaker variant, got {value}."
             )
         return value
+
+    def _is_async(self, endpoint: Record) -> bool:
+        config = self.ctx.store.get(ENDPOINT_CONFIG, endpoint.body.get("EndpointConfigName", ""))
+        return bool(config and config.body.get("AsyncInferenceConfig"))
 
     # --- scalable targets -------------------------------------------------------------------
 
@@ -123,7 +128,8 @@ class AutoScaling:
             raise ValidationException(
                 f"The variant {variant} is not a production variant of endpoint {endpoint_name}."
             )
-        minimum = self._capacity(request, "MinCapacity")
+        # an asynchronous endpoint may scale to zero instances while its queue is empty
+        minimum = self._capacity(request, "MinCapacity", 0 if self._is_async(endpoint) else 1)
         maximum = self._capacity(request, "MaxCapacity")
         changes: dict[str, Any] = {
             k: request[k] for k in ("MinCapacity", "MaxCapacity", "SuspendedState") if k in request

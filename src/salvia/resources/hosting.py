@@ -135,12 +135,15 @@ class Hosting:
         all_names = names + [v["VariantName"] for v in shadows]
         if len(set(all_names)) != len(all_names):
             raise ValidationException("Shadow variants need VariantNames of their own.")
-        for unsupported in ("AsyncInferenceConfig",):
-            if request.get(unsupported):
-                raise NotImplementedOperation(
-                    "CreateEndpointConfig",
-                    detail=f"{unsupported} is not implemented by Salvia yet.",
-                )
+        asynchronous = request.get("AsyncInferenceConfig")
+        if asynchronous is not None:
+            output = asynchronous.get("OutputConfig") or {}
+            for member in ("S3OutputPath", "S3FailurePath"):
+                uri = output.get(member)
+                if (member == "S3OutputPath" or uri) and not str(uri or "").startswith("s3://"):
+                    raise ValidationException(
+                        f"AsyncInferenceConfig.OutputConfig.{member} must be an s3:// URI."
+                    )
         body = {k: v for k, v in request.items() if k not in {"Tags"} and v is not None}
         record = self._create(
             ENDPOINT_CONFIG,

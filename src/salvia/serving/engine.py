@@ -151,12 +151,19 @@ class EndpointEngine:
         is not, the old fleet keeps serving and the endpoint returns to InService (rollback)."""
         self._spawn(name, functools.partial(self._blue_green, name, config_name))
 
-    def rescale(self, name: str, desired: list[dict[str, Any]]) -> None:
+    def rescale(
+        self,
+        name: str,
+        desired: list[dict[str, Any]],
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         """Apply `UpdateEndpointWeightsAndCapacities`: new weights at once, instance counts by
-        starting (healthy first) or stopping instances."""
-        self._spawn(name, functools.partial(self._rescale_or_report, name, desired))
+        starting (healthy first) or stopping instances (down to zero). `on_done` runs after."""
+        self._spawn(name, functools.partial(self._rescale_or_report, name, desired, on_done))
 
-    def _rescale_or_report(self, name: str, desired: list[dict[str, Any]]) -> None:
+    def _rescale_or_report(
+        self, name: str, desired: list[dict[str, Any]], on_done: Callable[[], None] | None
+    ) -> None:
         try:
             self._rescale(name, desired)
         except Exception as error:  # an instance that never got healthy: keep serving
@@ -167,6 +174,9 @@ class EndpointEngine:
                 body["FailureReason"] = reason[:1024]
 
             self._update(name, failed)
+        finally:
+            if on_done is not None:
+                on_done()
 
     def recover(self) -> None:
         from salvia.store.metadata import ListQuery
