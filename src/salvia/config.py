@@ -45,6 +45,8 @@ class Settings:
     notification_webhooks: str = ""
     # how long an async endpoint's queue stays empty before a MinCapacity-0 variant scales to zero
     async_scale_in_seconds: float = 60.0
+    # how long a serverless instance stays up without a request
+    serverless_idle_seconds: float = 60.0
 
     def webhooks(self) -> dict[str, str]:
         """`notification_webhooks` as {topic ARN: URL}."""
@@ -78,6 +80,10 @@ class Settings:
             raise ValueError(f"auth_mode must be 'open', got {self.auth_mode!r}")
         if self.executor not in {"local", "ray"}:
             raise ValueError(f"executor must be 'local' or 'ray', got {self.executor!r}")
+        if not self.serverless_idle_seconds > 0:
+            raise ValueError(
+                f"serverless_idle_seconds must be > 0, got {self.serverless_idle_seconds}"
+            )
         if not self.async_scale_in_seconds > 0:
             raise ValueError(
                 f"async_scale_in_seconds must be > 0, got {self.async_scale_in_seconds}"
@@ -106,6 +112,7 @@ _ENV = {
     "SALVIA_AUTOSCALING_PERIOD": "autoscaling_period",
     "SALVIA_NOTIFICATION_WEBHOOKS": "notification_webhooks",
     "SALVIA_ASYNC_SCALE_IN_SECONDS": "async_scale_in_seconds",
+    "SALVIA_SERVERLESS_IDLE_SECONDS": "serverless_idle_seconds",
 }
 
 
@@ -114,7 +121,7 @@ def _coerce(name: str, value: Any) -> Any:
         return Path(str(value)).expanduser().resolve()
     if name == "port":
         return int(value)
-    if name in ("autoscaling_period", "async_scale_in_seconds"):
+    if name in ("autoscaling_period", "async_scale_in_seconds", "serverless_idle_seconds"):
         return float(value)
     return str(value)
 

@@ -46,6 +46,7 @@ from salvia.serving.autoscaler import Autoscaler
 from salvia.serving.batch import TransformEngine
 from salvia.serving.capture import CaptureWriter
 from salvia.serving.engine import EndpointEngine, ServingContext
+from salvia.serving.serverless import Serverless
 from salvia.store.metadata import MetadataStore
 from salvia.store.objects import ObjectStore, object_store_from_settings
 from salvia.store.sql import SqlMetadataStore
@@ -79,6 +80,7 @@ class Platform:
     autoscaler: Autoscaler
     transform: TransformEngine
     asynchronous: AsyncInference
+    serverless: Serverless
     tuning: TuningEngine | None = None
 
     def start(self, public_url: str) -> None:
@@ -88,6 +90,7 @@ class Platform:
         self.serving.recover()
         self.transform.recover()
         self.asynchronous.start()
+        self.serverless.start()
         if self.tuning is not None:
             self.tuning.start()
         self.autoscaler.start()
@@ -95,6 +98,7 @@ class Platform:
     def close(self) -> None:
         self.autoscaler.stop()
         self.asynchronous.stop()
+        self.serverless.stop()
         if self.tuning is not None:
             self.tuning.shutdown()
         self.training.shutdown()
@@ -167,7 +171,8 @@ def create_platform(settings: Settings) -> Platform:
     metrics_handlers = collect(Metrics(ctx))
 
     asynchronous = AsyncInference(serving)
-    runtime = RuntimeProtocol(serving, store, settings, capture, asynchronous)
+    serverless = Serverless(serving, settings.serverless_idle_seconds)
+    runtime = RuntimeProtocol(serving, store, settings, capture, asynchronous, serverless)
     autoscaler = Autoscaler(settings, store, clock, serving, runtime.metrics)
     limiter = anyio.CapacityLimiter(WORKER_THREADS)
 
@@ -202,6 +207,7 @@ def create_platform(settings: Settings) -> Platform:
         tuning=tuning,
         transform=transform,
         asynchronous=asynchronous,
+        serverless=serverless,
     )
 
 

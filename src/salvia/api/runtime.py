@@ -29,9 +29,11 @@ from salvia.errors import SalviaError
 from salvia.serving.async_inference import AsyncInference, AsyncRefused
 from salvia.serving.capture import CaptureWriter
 from salvia.serving.client import InstanceClient, InstanceUnavailable, PipelineClient, Reply
-from salvia.serving.engine import ENDPOINT, EndpointEngine, Instance, Route, Variant
+from salvia.serving.engine import ENDPOINT, DeployFailed, EndpointEngine, Instance, Route, Variant
 from salvia.serving.metrics import InvocationMetrics
 from salvia.serving.multi_model import ModelNotFound, MultiModelClient
+from salvia.serving.serverless import MAX_PAYLOAD as SERVERLESS_PAYLOAD
+from salvia.serving.serverless import Serverless
 from salvia.store.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,10 @@ class RuntimeProtocol:
         settings: Settings,
         capture: CaptureWriter | None = None,
         asynchronous: AsyncInference | None = None,
+        serverless: Serverless | None = None,
     ) -> None:
         self.asynchronous = asynchronous
+        self.serverless = serverless
         self.engine = engine
         self.store = store
         self.settings = settings
@@ -159,9 +163,14 @@ class RuntimeProtocol:
             call = await self._prepare(request, name, streaming)
         except _Refused as refusal:
             return _error(refusal.code, refusal.message, refusal.status, request_id)
-        if streaming:
-            return await self._stream(call, request_id)
-        return await self._invoke(call, request, request_id)
+        try:
+            if streaming:
+                return await self._stream(call, request_id)
+            return await self._invoke(call, request, request_id)
+        finally:
+            if call.variant.serverless is not None:
+                call.variant.in_flight -= 1
+                call.variant.last_used = time.monotonic()
 
     async def _prepare(self, request: Request, name: str, streaming: bool) -> _Call:
         """Everything both invocations check before calling an instance."""
@@ -186,6 +195,8 @@ class RuntimeProtocol:
         variant = route.choose(target)
         if variant is None:
             raise _Refused(f"Endpoint {name} has no variant {target}.")
+        if variant.serverless is not None:
+            await self._serverless_admit(name, variant, size)
         target_model = request.headers.get("x-amzn-sagemaker-target-model")
         instance = variant.pick_for(target_model) if target_model else variant.pick()
         if isinstance(instance, MultiModelClient) != (target_model is not None):
@@ -215,6 +226,29 @@ class RuntimeProtocol:
             if "x-amzn-sagemaker-accept" in request.headers:
                 headers["accept"] = request.headers["x-amzn-sagemaker-accept"]
         return _Call(name, b"".join(chunks), route, variant, instance, target_model, headers)
+
+    async def _serverless_admit(self, name: str, variant: Variant, size: int) -> None:
+        """Serverless limits, then an instance: throttled over MaxConcurrency, started on
+        demand when there is none (the request waits for its cold start)."""
+        assert variant.serverless is not None
+        if size > SERVERLESS_PAYLOAD:
+            raise _Refused("Request payload exceeds the 4 MB limit of serverless endpoints.")
+        limit = int(variant.serverless.get("MaxConcurrency", 1))
+        if variant.in_flight >= limit:
+            raise _Refused(
+                f"Endpoint {name} is at its MaxConcurrency of {limit} concurrent invocations.",
+                "ThrottlingException",
+                429,
+            )
+        variant.in_flight += 1
+        if variant.clients or self.serverless is None:
+            return
+        try:
+            await asyncio.to_thread(self.serverless.cold_start, name, variant)
+        except DeployFailed as failure:
+            variant.in_flight -= 1
+            raise _Refused(f"The serverless instance did not start: {failure}",
+                           "ServiceUnavailable", 503) from None  # fmt: skip
 
     async def _invoke(self, call: _Call, request: Request, request_id: str) -> Response:
         name, route, variant, instance = call.endpoint, call.route, call.variant, call.instance

@@ -117,14 +117,12 @@ class Hosting:
         if len(set(names)) != len(names):
             raise ValidationException("ProductionVariants must have distinct VariantNames.")
         for variant in variants:
-            if variant.get("ServerlessConfig"):
-                raise NotImplementedOperation(
-                    "CreateEndpointConfig",
-                    detail="Serverless variants are not implemented by Salvia yet.",
-                )
             self._get(MODEL, variant["ModelName"])
-            lookup_instance_type(variant.get("InstanceType") or "local")
             variant.setdefault("InitialVariantWeight", 1.0)
+            if variant.get("ServerlessConfig"):
+                _check_serverless(variant)
+                continue
+            lookup_instance_type(variant.get("InstanceType") or "local")
             variant.setdefault("InitialInstanceCount", 1)
         shadows = request.get("ShadowProductionVariants") or []
         for variant in shadows:
@@ -182,17 +180,7 @@ class Hosting:
     @operation("CreateEndpoint")
     def create_endpoint(self, request: dict[str, Any]) -> dict[str, Any]:
         config = self._get(ENDPOINT_CONFIG, request["EndpointConfigName"])
-        variants = [
-            {
-                "VariantName": v["VariantName"],
-                "DesiredWeight": v.get("InitialVariantWeight", 1.0),
-                "DesiredInstanceCount": v.get("InitialInstanceCount", 1),
-                "CurrentWeight": 0.0,
-                "CurrentInstanceCount": 0,
-                "VariantStatus": [{"Status": "Creating"}],
-            }
-            for v in config.body["ProductionVariants"]
-        ]
+        variants = [_variant_summary(v) for v in config.body["ProductionVariants"]]
         body = {
             "EndpointName": request["EndpointName"],
             "EndpointConfigName": config.name,
@@ -307,3 +295,45 @@ class Hosting:
         self.ctx.store.update(ENDPOINT, record.name, deleting, self.ctx.clock.now())
         self.engine.delete(record.name)
         return {}
+
+
+_SERVERLESS_MEMORY = (1024, 2048, 3072, 4096, 5120, 6144)
+
+
+def _check_serverless(variant: dict[str, Any]) -> None:
+    config = variant["ServerlessConfig"]
+    name = variant["VariantName"]
+    if variant.get("InstanceType") or variant.get("InitialInstanceCount"):
+        raise ValidationException(
+            f"Variant {name}: a serverless variant takes no InstanceType or InitialInstanceCount."
+        )
+    if config.get("MemorySizeInMB") not in _SERVERLESS_MEMORY:
+        raise ValidationException(
+            f"Variant {name}: ServerlessConfig.MemorySizeInMB must be one of "
+            f"{', '.join(map(str, _SERVERLESS_MEMORY))}."
+        )
+    provisioned = config.get("ProvisionedConcurrency") or 0
+    if provisioned > config["MaxConcurrency"]:
+        raise ValidationException(
+            f"Variant {name}: ServerlessConfig.ProvisionedConcurrency ({provisioned}) cannot "
+            f"exceed MaxConcurrency ({config['MaxConcurrency']})."
+        )
+
+
+def _variant_summary(variant: dict[str, Any]) -> dict[str, Any]:
+    """A production variant as DescribeEndpoint shows it while the endpoint is created."""
+    summary: dict[str, Any] = {
+        "VariantName": variant["VariantName"],
+        "DesiredWeight": variant.get("InitialVariantWeight", 1.0),
+        "CurrentWeight": 0.0,
+        "CurrentInstanceCount": 0,
+        "VariantStatus": [{"Status": "Creating"}],
+    }
+    serverless = variant.get("ServerlessConfig")
+    if serverless:  # instances come and go with requests: the count is what runs now
+        summary["DesiredInstanceCount"] = serverless.get("ProvisionedConcurrency", 0)
+        summary["CurrentServerlessConfig"] = serverless
+        summary["DesiredServerlessConfig"] = serverless
+    else:
+        summary["DesiredInstanceCount"] = variant.get("InitialInstanceCount", 1)
+    return summary

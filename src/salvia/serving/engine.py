@@ -30,6 +30,7 @@ from typing import Any
 from salvia.algorithms import registry as algorithms
 from salvia.clock import Clock
 from salvia.compute.executor import Executor, InstanceSpec, State
+from salvia.compute.instance_types import InstanceType
 from salvia.compute.instance_types import lookup as lookup_instance_type
 from salvia.compute.runtimes import RuntimeRegistry
 from salvia.config import Settings
@@ -71,6 +72,11 @@ class Variant:
     weight: float
     clients: list[Instance]
     _next: int = 0
+    # serverless variants: instances start on demand (see `cold_start`) and stop when idle
+    serverless: dict[str, Any] | None = None
+    in_flight: int = 0
+    last_used: float = 0.0
+    starting: threading.Lock = field(default_factory=threading.Lock)
 
     def pick(self) -> Instance:
         self._next = (self._next + 1) % len(self.clients)
@@ -94,7 +100,7 @@ class Route:
     def choose(self, target: str | None = None) -> Variant | None:
         if target is not None:
             return next((v for v in self.variants if v.name == target), None)
-        live = [v for v in self.variants if v.clients and v.weight > 0]
+        live = [v for v in self.variants if (v.clients or v.serverless) and v.weight > 0]
         if not live:
             return None
         total = sum(v.weight for v in live)
@@ -259,7 +265,10 @@ class EndpointEngine:
                 started += handles
                 instances[variant["VariantName"]] = handles
                 live = Variant(
-                    variant["VariantName"], variant.get("InitialVariantWeight", 1.0), clients
+                    variant["VariantName"],
+                    variant.get("InitialVariantWeight", 1.0),
+                    clients,
+                    serverless=variant.get("ServerlessConfig"),
                 )
                 if variant in shadows:
                     # a shadow's weight relative to production's is the share it mirrors
@@ -347,8 +356,10 @@ class EndpointEngine:
         self, record: Record, variant: dict[str, Any]
     ) -> tuple[list[Instance], list[dict[str, Any]]]:
         containers = self._containers(record, variant)
-        instance_type = lookup_instance_type(variant.get("InstanceType", "local"))
+        instance_type = variant_instance_type(variant)
         count = variant.get("InitialInstanceCount", 1)
+        if variant.get("ServerlessConfig"):  # only the provisioned ones start with the endpoint
+            count = variant["ServerlessConfig"].get("ProvisionedConcurrency", 0)
         timeout = variant.get("ContainerStartupHealthCheckTimeoutInSeconds", 240)
         clients, handles = [], []
         try:
@@ -620,6 +631,7 @@ class EndpointEngine:
         production = config.body["ProductionVariants"]
         shadows = {v["VariantName"]: v for v in config.body.get("ShadowProductionVariants") or []}
         weights = {v["VariantName"]: v.get("InitialVariantWeight", 1.0) for v in production}
+        serverless = {v["VariantName"]: v.get("ServerlessConfig") for v in production}
         total = sum(weights.values()) or 1.0
         route = Route(capture=config.body.get("DataCaptureConfig"))
         for name, handles in recorded.items():
@@ -628,7 +640,10 @@ class EndpointEngine:
                 weight = shadows[name].get("InitialVariantWeight", 1.0)
                 route.shadows.append((Variant(name, weight, clients), min(weight / total, 1.0)))
             else:
-                route.variants.append(Variant(name, weights.get(name, 1.0), clients))
+                live = Variant(
+                    name, weights.get(name, 1.0), clients, serverless=serverless.get(name)
+                )
+                route.variants.append(live)
         self.routes[record.name.lower()] = route
         if record.body.get("EndpointStatus") != "InService":  # an update cut off by a restart
 
@@ -647,6 +662,16 @@ class EndpointEngine:
                     self.stop_instance(h, grace_seconds=10)
             self.ctx.store.delete(ENDPOINT, name)
         shutil.rmtree(self.ctx.endpoints_dir / name, ignore_errors=True)
+
+
+def variant_instance_type(variant: dict[str, Any]) -> Any:
+    """A variant's instance type; a serverless variant's is its memory size, with vCPUs in
+    proportion (one per 2 GB, as AWS gives serverless compute in proportion to memory)."""
+    serverless = variant.get("ServerlessConfig")
+    if serverless:
+        memory = int(serverless.get("MemorySizeInMB", 2048))
+        return InstanceType(f"serverless-{memory}", max(1, memory // 2048), memory)
+    return lookup_instance_type(variant.get("InstanceType", "local"))
 
 
 def _multi_model(container: dict[str, Any]) -> dict[str, Any] | None:

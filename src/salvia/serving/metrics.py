@@ -22,6 +22,9 @@ class _Variant:
     model_cache_hits: int = 0
     model_loads: int = 0
     model_unloads: int = 0
+    # serverless variants: instances started for a request that found none
+    cold_starts: int = 0
+    model_setup_seconds: float = 0.0
 
 
 class InvocationMetrics:
@@ -55,6 +58,12 @@ class InvocationMetrics:
                 entry.model_loads += 1
             elif event == "unload":
                 entry.model_unloads += 1
+
+    def cold_start(self, endpoint: str, variant: str, setup_seconds: float) -> None:
+        with self._lock:
+            entry = self._variants[(endpoint, variant)]
+            entry.cold_starts += 1
+            entry.model_setup_seconds += setup_seconds
 
     def invocations(self, endpoint: str, variant: str) -> int:
         """One variant's running total of invocations (endpoint names compared case-blind)."""
@@ -111,12 +120,20 @@ class InvocationMetrics:
             ("sagemaker_loaded_models", "gauge", "Models loaded now, over the variant's "
              "instances", lambda v: v.model_loads - v.model_unloads),
         ]  # fmt: skip
+        serverless = [
+            ("sagemaker_cold_starts_total", "counter", "Serverless instances started for a "
+             "request that found none", lambda v: v.cold_starts),
+            ("sagemaker_model_setup_seconds_sum", "counter", "Time those cold starts took "
+             "(SageMaker's ModelSetupTime)", lambda v: v.model_setup_seconds),
+        ]  # fmt: skip
         lines = []
-        for name, kind, help_text, value in families + multi_model:
+        for name, kind, help_text, value in families + multi_model + serverless:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
             for (endpoint, variant), entry in items:
                 if not entry.model_loads and any(name == m[0] for m in multi_model):
                     continue  # not a multi-model variant
+                if not entry.cold_starts and any(name == m[0] for m in serverless):
+                    continue  # not a serverless variant
                 labels = f'endpoint="{_escape(endpoint)}",variant="{_escape(variant)}"'
                 lines.append(f"{name}{{{labels}}} {value(entry)}")
         return "\n".join(lines) + "\n"
