@@ -237,6 +237,7 @@ def test_each_strategy_completes_with_the_best_job(
     assert [s["Strategy"] for s in summaries] == [strategy]
 
 
+@pytest.mark.slow  # four slow script-mode trials, one after another
 def test_early_stopping_stops_a_clearly_bad_trial(server: SalviaServer, data: str) -> None:
     sm = server.client()
     name = unique("early")
@@ -308,6 +309,7 @@ def mean_first(found: list[dict[str, Any]], count: int) -> float:
     return float(np.mean([objective(t) for t in first]))
 
 
+@pytest.mark.slow  # a parent job, then its child
 def test_warm_start_from_a_parent_improves_the_first_trials(
     server: SalviaServer, data: str
 ) -> None:
