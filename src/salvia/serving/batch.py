@@ -108,6 +108,7 @@ class TransformEngine:
         root = self.ctx.settings.home / "transform" / name
         instances: list[dict[str, Any]] = []
         try:
+            log.info("transform job %s: starting", name)
             self._mark_started(name)
             self._transform(record, root, instances, stop)
         except _Stopped:
@@ -181,7 +182,10 @@ class TransformEngine:
         for instance in instances:
             self.endpoints.wait_healthy(instance, 600)
         plan = _plan(body, _execution_parameters(clients[0]))
+        log.info("transform job %s: %d instance(s) healthy; %d object(s) to do", record.name,
+                 len(instances), len(todo))  # fmt: skip
         asyncio.run(self._process(record.name, todo, clients, plan, output_path, stop))
+        log.info("transform job %s: all objects written", record.name)
 
     async def _process(
         self,
