@@ -31,6 +31,7 @@ from salvia.resources.autoscaling import AutoScaling
 from salvia.resources.common import ResourceContext
 from salvia.resources.experiments import EXPERIMENT, TRIAL, TRIAL_COMPONENT, Experiments
 from salvia.resources.hosting import Hosting
+from salvia.resources.mlflow_tracking import MlflowTracking
 from salvia.resources.logs import CloudWatchLogs
 from salvia.resources.metrics import Metrics
 from salvia.resources.registry import Handler, collect, is_read_only
@@ -50,6 +51,7 @@ from salvia.serving.serverless import Serverless
 from salvia.store.metadata import MetadataStore
 from salvia.store.objects import ObjectStore, object_store_from_settings
 from salvia.store.sql import SqlMetadataStore
+from salvia.tracking.servers import TrackingContext, TrackingServers
 from salvia.training.engine import KIND as TRAINING_JOB
 from salvia.training.engine import EngineContext, TrainingEngine
 from salvia.tuning import TuningContext, TuningEngine
@@ -81,6 +83,7 @@ class Platform:
     transform: TransformEngine
     asynchronous: AsyncInference
     serverless: Serverless
+    tracking: TrackingServers
     tuning: TuningEngine | None = None
 
     def start(self, public_url: str) -> None:
@@ -91,6 +94,7 @@ class Platform:
         self.transform.recover()
         self.asynchronous.start()
         self.serverless.start()
+        self.tracking.recover()
         if self.tuning is not None:
             self.tuning.start()
         self.autoscaler.start()
@@ -158,6 +162,9 @@ def create_platform(settings: Settings) -> Platform:
             "TrainingJob": Searchable(TRAINING_JOB, "TrainingJob", training_jobs.document),
         },
     )
+    tracking = TrackingServers(
+        TrackingContext(settings, store, executor, clock, lambda: training.ctx.public_url)
+    )
     sagemaker_handlers = collect(
         experiments,
         components,
@@ -167,6 +174,7 @@ def create_platform(settings: Settings) -> Platform:
         Hosting(ctx, serving),
         TransformJobs(ctx, transform),
         HyperParameterTuning(ctx, tuning, training_jobs),
+        MlflowTracking(ctx, tracking),
     )
     metrics_handlers = collect(Metrics(ctx))
 
@@ -208,6 +216,7 @@ def create_platform(settings: Settings) -> Platform:
         transform=transform,
         asynchronous=asynchronous,
         serverless=serverless,
+        tracking=tracking,
     )
 
 

@@ -15,6 +15,7 @@ from salvia.compute.executor import InstanceSpec
 from salvia.compute.instance_types import lookup as lookup_instance_type
 from salvia.compute.runtimes import Runtime
 from salvia.store.metadata import Record
+from salvia.tracking.servers import resolve_tracking_uri
 from salvia.training.artifacts import CheckpointSync
 from salvia.training.engine import EngineContext
 
@@ -79,6 +80,8 @@ def base_environment(ctx: EngineContext, record: Record) -> dict[str, str]:
             S3_ENDPOINT_URL=ctx.public_url,
         )
     env.update(record.body.get("Environment") or {})
+    if "MLFLOW_TRACKING_URI" in env:  # a managed tracking server's ARN means its URL
+        env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(ctx.store, env["MLFLOW_TRACKING_URI"])
     return env
 
 

@@ -1,0 +1,1 @@
+"""Experiment tracking services the platform runs for its users (managed MLflow)."""
