@@ -141,3 +141,54 @@ def test_bad_hyperparameter_fails_naming_it(
     run = run_training(MODULE, tmp_path, hyperparameters, {"train": {"train.csv": csv(features)}})
     assert run.returncode != 0
     assert run.failure is not None and named in run.failure, run.failure
+
+
+def _direct_codisp(forest: rcf.Forest, root: int, x: np.ndarray) -> float:
+    """The expected CoDisp of inserting x into one tree, one node at a time (the definition
+    that the vectorised scoring computes for all points and trees at once)."""
+    node, survive, ancestors, expected = root, 1.0, 0.0, 0.0
+    while True:
+        lo, hi = forest.lo[node], forest.hi[node]
+        span = float((hi - lo).sum())
+        extended = float((np.maximum(hi, x) - np.minimum(lo, x)).sum())
+        separate = (extended - span) / extended if extended > 0 else 0.0
+        expected += survive * separate * max(float(forest.count[node]), ancestors)
+        survive *= 1.0 - separate
+        if forest.left[node] < 0:
+            return expected + survive * ancestors
+        left, right = forest.left[node], forest.right[node]
+        child, sibling = (left, right) if x[forest.dim[node]] <= forest.cut[node] else (right, left)
+        ancestors = max(ancestors, forest.count[sibling] / (forest.count[child] + 1.0))
+        node = child
+
+
+def test_vectorised_forest_is_the_robust_random_cut_forest() -> None:
+    rng = np.random.default_rng(7)
+    data = np.vstack([rng.normal(size=(400, 3)), np.repeat([[5.0, 5.0, 5.0]], 20, axis=0)])
+    forest = rcf.Forest.build(data, 7, 64, np.random.default_rng(0))
+    left, right, internal = forest.left, forest.right, forest.left >= 0
+    # every node's box bounds its points: the hull of its children's boxes
+    np.testing.assert_array_equal(
+        forest.lo[internal], np.minimum(forest.lo[left[internal]], forest.lo[right[internal]])
+    )
+    np.testing.assert_array_equal(
+        forest.hi[internal], np.maximum(forest.hi[left[internal]], forest.hi[right[internal]])
+    )
+    # each cut lies in its box's range and separates the children
+    nodes, dims = np.flatnonzero(internal), forest.dim[internal]
+    assert (forest.lo[nodes, dims] <= forest.cut[internal]).all()
+    assert (forest.hi[left[internal], dims] <= forest.cut[internal]).all()
+    assert (forest.lo[right[internal], dims] > forest.cut[internal]).all()
+    # a leaf is one distinct point, duplicates counted together
+    leaves = ~internal
+    assert (forest.lo[leaves] == forest.hi[leaves]).all()
+    assert forest.count[leaves].sum() == 7 * 64 and forest.count[leaves].max() > 1
+    # each tree's nodes are numbered together from its root
+    assert (np.diff(forest.roots) > 0).all() and forest.roots[0] == 0
+
+    points = np.vstack([rng.normal(size=(30, 3)), [[5.0, 5.0, 5.0], [9.0, -9.0, 0.0]]])
+    expected = [
+        np.mean([_direct_codisp(forest, int(root), x) for root in forest.roots]) for x in points
+    ]
+    np.testing.assert_allclose(forest.score(points), expected, rtol=1e-12)
+    assert forest.score(np.empty((0, 3))).shape == (0,)

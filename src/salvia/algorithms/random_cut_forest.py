@@ -19,6 +19,9 @@ expectation of that CoDisp over the insertion's random cut, computed exactly alo
 in dense regions, up to `num_samples_per_tree` for isolated ones. Scoring is thus
 deterministic for a trained forest.
 
+Both are array operations with no Python loop per point or per node: the trees grow together,
+one level of nodes at a time, and scoring moves every (point, tree) pair one node down per step.
+
 Unlabeled training data: every CSV column is a feature unless the content type says
 `text/csv;label_size=1`. The `test` channel is labeled (the first CSV column, 1 for an anomaly,
 0 otherwise, as SageMaker's `text/csv;label_size=1`): a point is called anomalous when its score
@@ -55,7 +58,7 @@ MODEL_FILE = "randomcutforest-model.npz"
 _SEED = 1
 _EVAL_METRICS = ("accuracy", "precision_recall_fscore")
 _THRESHOLD_SAMPLE = 5_000  # training rows scored to set the anomaly threshold
-_PAIRS_PER_STEP = 1 << 21  # (point, tree) pairs x features handled at once while scoring
+_PAIRS_PER_STEP = 8192  # about how many (point, tree) pairs are scored together
 
 _PARAMS = (
     Param("feature_dim", int, low=1, high=10000),
@@ -87,7 +90,8 @@ def train() -> None:
 
 
 class Forest:
-    """The trees' nodes in flat arrays (a node's children are -1 for a leaf)."""
+    """The trees' nodes in flat arrays (a node's children are -1 for a leaf), each tree's nodes
+    numbered together, breadth-first, from its root."""
 
     def __init__(self, arrays: dict[str, np.ndarray]) -> None:
         self.left = arrays["left"]
@@ -98,6 +102,17 @@ class Forest:
         self.lo = arrays["lo"]
         self.hi = arrays["hi"]
         self.roots = arrays["roots"]
+        # what scoring looks up per node: node 2v + 0/1 of these tables is v's left/right child,
+        # and the ratio of the other child's size to this one's plus the inserted point
+        leaf = self.left < 0
+        own = np.arange(len(self.left))
+        size = self.count.astype(np.float64)
+        self._nodes = np.vstack([(self.hi - self.lo).sum(axis=1), size, leaf])
+        left, right = np.where(leaf, own, self.left), np.where(leaf, own, self.right)
+        self._child = np.column_stack([left, right]).ravel()
+        self._ratio = np.column_stack(
+            [size[right] / (size[left] + 1.0), size[left] / (size[right] + 1.0)]
+        ).ravel()
 
     def arrays(self) -> dict[str, np.ndarray]:
         names = ("left", "right", "dim", "cut", "count", "lo", "hi", "roots")
@@ -105,117 +120,169 @@ class Forest:
 
     @classmethod
     def build(cls, data: np.ndarray, trees: int, samples: int, rng: np.random.Generator) -> Forest:
+        """Robust random cut trees over `trees` samples of `samples` rows, all grown together one
+        level of nodes at a time (each level a few array operations over every tree's points)."""
         size = min(samples, len(data))
-        parts = [
-            _build_tree(data[rng.choice(len(data), size=size, replace=False)], rng)
-            for _ in range(trees)
-        ]
-        offsets = np.cumsum([0] + [len(p["count"]) for p in parts[:-1]])
-        merged: dict[str, np.ndarray] = {}
-        for name in ("left", "right"):
-            merged[name] = np.concatenate(
-                [
-                    np.where(p[name] >= 0, p[name] + o, -1)
-                    for p, o in zip(parts, offsets, strict=True)
-                ]
-            )
-        for name in ("dim", "cut", "count", "lo", "hi"):
-            merged[name] = np.concatenate([p[name] for p in parts])
-        merged["roots"] = offsets.astype(np.int64)
-        return cls(merged)
+        width = data.shape[1]
+        picks = [rng.choice(len(data), size=size, replace=False) for _ in range(trees)]
+        capacity = trees * (2 * size - 1)
+        left = np.full(capacity, -1, dtype=np.int64)
+        right = np.full(capacity, -1, dtype=np.int64)
+        dim = np.zeros(capacity, dtype=np.int64)
+        cut = np.zeros(capacity)
+        count = np.zeros(capacity, dtype=np.int64)
+        lo = np.empty((capacity, width))
+        hi = np.empty((capacity, width))
+        tree = np.empty(capacity, dtype=np.int64)
+        # the frontier: new nodes, each holding a run of the columns of `block` (its points,
+        # one column each: a reduction along a row is what numpy does fastest)
+        block = np.ascontiguousarray(data[np.concatenate(picks)].T)
+        nodes = np.arange(trees)
+        sizes = np.full(trees, size)
+        tree[:trees] = nodes
+        used = trees
+        while nodes.size:
+            starts = np.cumsum(sizes) - sizes
+            low = np.minimum.reduceat(block, starts, axis=1).T
+            high = np.maximum.reduceat(block, starts, axis=1).T
+            lo[nodes], hi[nodes], count[nodes] = low, high, sizes
+            ranges = high - low
+            total = ranges.sum(axis=1)
+            split = total > 0  # a node of one distinct point (or its duplicates) is a leaf
+            if not split.all():
+                block = np.compress(np.repeat(split, sizes), block, axis=1)
+                nodes, sizes = nodes[split], sizes[split]
+                ranges, low, total = ranges[split], low[split], total[split]
+                if not nodes.size:
+                    break
+            dims, values, goes_left, taken = _cuts(block, sizes, ranges, low, total, rng)
+            dim[nodes], cut[nodes] = dims, values
+            children = used + np.arange(2 * len(nodes))
+            left[nodes], right[nodes] = children[0::2], children[1::2]
+            tree[children] = np.repeat(tree[nodes], 2)
+            used += len(children)
+            # each node's points, left ones first, become its children's runs
+            owner = np.repeat(np.arange(len(nodes)), sizes)
+            block = np.take(block, np.argsort(2 * owner + ~goes_left, kind="stable"), axis=1)
+            sizes = np.column_stack([taken, sizes - taken]).ravel()
+            nodes = children
+        # renumber so that each tree's nodes are contiguous (stable: breadth-first within it)
+        arrange = np.argsort(tree[:used], kind="stable")
+        rank = np.empty(used, dtype=np.int64)
+        rank[arrange] = np.arange(used)
+
+        def renumbered(children: np.ndarray) -> np.ndarray:
+            children = children[:used][arrange]
+            return np.where(children >= 0, rank[np.maximum(children, 0)], -1)
+
+        return cls(
+            {
+                "left": renumbered(left),
+                "right": renumbered(right),
+                "dim": dim[:used][arrange],
+                "cut": cut[:used][arrange],
+                "count": count[:used][arrange],
+                "lo": lo[:used][arrange],
+                "hi": hi[:used][arrange],
+                "roots": rank[:trees],
+            }
+        )
 
     def score(self, points: np.ndarray) -> np.ndarray:
         """The mean over the trees of each point's expected CoDisp."""
+        points = np.ascontiguousarray(points, dtype=np.float64)
         trees = len(self.roots)
-        width = max(points.shape[1], 1)
-        chunk = max(1, _PAIRS_PER_STEP // (trees * width))
-        out = np.empty(len(points))
-        for start in range(0, len(points), chunk):
-            block = points[start : start + chunk]
-            codisp = self._codisp(np.repeat(block, trees, axis=0), np.tile(self.roots, len(block)))
-            out[start : start + chunk] = codisp.reshape(len(block), trees).mean(axis=1)
-        return out
+        total = np.zeros(len(points))
+        # (point, tree) pairs go down together, about _PAIRS_PER_STEP at a time: many points
+        # through one tree (whose nodes stay in cache), or a small request through many trees
+        for start in range(0, len(points), _PAIRS_PER_STEP):
+            block = points[start : start + _PAIRS_PER_STEP]
+            per_step = min(trees, max(1, _PAIRS_PER_STEP // len(block)))
+            for first in range(0, trees, per_step):
+                roots = self.roots[first : first + per_step]
+                self._add_codisp(block, roots, total[start : start + len(block)])
+        return total / trees
 
-    def _codisp(self, x: np.ndarray, node: np.ndarray) -> np.ndarray:
-        """Expected CoDisp of inserting x[i] into the tree whose root is node[i]."""
-        pairs = len(x)
-        expected = np.zeros(pairs)
-        survive = np.ones(pairs)  # probability that x[i] is not yet separated
-        ancestors = np.zeros(pairs)  # largest ratio among the nodes passed so far
-        active = np.arange(pairs)
-        count = self.count.astype(np.float64)
-        while active.size:
-            here = node[active]
-            point = x[active]
-            lo, hi = self.lo[here], self.hi[here]
-            span = (hi - lo).sum(axis=1)
-            extended = (np.maximum(hi, point) - np.minimum(lo, point)).sum(axis=1)
-            separate = np.where(
-                extended > 0, (extended - span) / np.where(extended > 0, extended, 1), 0.0
-            )
-            # separated here: x's new leaf sits beside this node, a ratio of count/1
-            expected[active] += (
-                survive[active] * separate * np.maximum(count[here], ancestors[active])
-            )
-            survive[active] *= 1.0 - separate
-            leaf = self.left[here] < 0
-            done = active[leaf]  # a duplicate of the leaf's point: no further ratio
-            expected[done] += survive[done] * ancestors[done]
-            active, here, point = active[~leaf], here[~leaf], point[~leaf]
-            goes_left = point[np.arange(len(here)), self.dim[here]] <= self.cut[here]
-            child = np.where(goes_left, self.left[here], self.right[here])
-            sibling = np.where(goes_left, self.right[here], self.left[here])
-            ancestors[active] = np.maximum(ancestors[active], count[sibling] / (count[child] + 1.0))
-            node[active] = child
-        return expected
+    def _add_codisp(self, points: np.ndarray, roots: np.ndarray, total: np.ndarray) -> None:
+        """Add to total[i] the expected CoDisp of inserting points[i] into each tree of `roots`.
 
-
-def _build_tree(points: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One robust random cut tree over `points`, its nodes numbered depth-first."""
-    n, width = points.shape
-    capacity = 2 * n
-    left = np.full(capacity, -1, dtype=np.int64)
-    right = np.full(capacity, -1, dtype=np.int64)
-    dim = np.zeros(capacity, dtype=np.int64)
-    cut = np.zeros(capacity)
-    count = np.zeros(capacity, dtype=np.int64)
-    lo = np.empty((capacity, width))
-    hi = np.empty((capacity, width))
-    used = 0
-    stack: list[tuple[np.ndarray, int, bool]] = [(np.arange(n), -1, False)]
-    while stack:
-        index, parent, is_right = stack.pop()
-        node, used = used, used + 1
-        if parent >= 0:
-            (right if is_right else left)[parent] = node
-        subset = points[index]
-        low, high = subset.min(axis=0), subset.max(axis=0)
-        lo[node], hi[node], count[node] = low, high, len(index)
-        ranges = high - low
-        total = float(ranges.sum())
-        if total <= 0:  # one distinct point: a leaf
-            continue
-        cumulative = np.cumsum(ranges)
+        Each step moves every pair one node down. At a node, x's new leaf is placed beside it
+        with probability `separate` (the part of the box extended by x that lies outside the
+        node's box, in summed ranges), a displacement ratio of max(node size, the largest ratio
+        among the ancestors so far)."""
+        n, width = points.shape
+        # per pair: its point and node; the probability that x is not yet separated, the
+        # largest ratio among the nodes passed so far, and the expected CoDisp gathered so far
+        pairs = np.vstack([np.tile(np.arange(n), len(roots)), np.repeat(roots, n)])
+        state = np.zeros((3, pairs.shape[1]))
+        state[0] = 1.0
+        x = points if len(roots) == 1 else points[pairs[0]]
+        ones = np.ones(width)
         while True:
-            r = rng.uniform(0.0, total)
-            j = min(int(np.searchsorted(cumulative, r, side="right")), width - 1)
-            value = low[j] + (r - (cumulative[j] - ranges[j]))
-            goes_left = subset[:, j] <= value
-            taken = int(goes_left.sum())
-            if 0 < taken < len(index):
-                break
-        dim[node], cut[node] = j, value
-        stack.append((index[~goes_left], node, True))
-        stack.append((index[goes_left], node, False))
-    return {
-        "left": left[:used],
-        "right": right[:used],
-        "dim": dim[:used],
-        "cut": cut[:used],
-        "count": count[:used],
-        "lo": lo[:used],
-        "hi": hi[:used],
-    }
+            which, node = pairs
+            survive, ancestors, expected = state
+            # how far x lies outside the node's box, summed over the dimensions (at most one
+            # of lo - x and x - hi is positive)
+            below = np.take(self.lo, node, axis=0)
+            np.subtract(below, x, out=below)
+            above = np.take(self.hi, node, axis=0)
+            np.subtract(x, above, out=above)
+            np.maximum(below, above, out=below)
+            np.maximum(below, 0.0, out=below)
+            outside = below @ ones
+            span, size, leaf = np.take(self._nodes, node, axis=1)
+            extended = outside + span
+            separate = np.divide(outside, extended, out=np.zeros(len(node)), where=extended > 0)
+            expected += survive * separate * np.maximum(size, ancestors)
+            survive *= 1.0 - separate
+            ended = leaf > 0
+            if ended.any():  # x duplicates the leaf's point: no further ratio
+                done = np.compress(ended, state, axis=1)
+                done = done[2] + done[0] * done[1]
+                total += np.bincount(np.compress(ended, which), weights=done, minlength=n)
+                going = np.flatnonzero(~ended)
+                if not going.size:
+                    return
+                pairs = np.take(pairs, going, axis=1)
+                state = np.take(state, going, axis=1)
+                x = np.take(x, going, axis=0)
+                which, node = pairs
+                ancestors = state[1]
+            along = np.take(self.dim, node) + width * np.arange(len(node))
+            step = 2 * node + 1  # the right child's entry, less one where x goes left
+            step -= np.take(x, along) <= np.take(self.cut, node)
+            np.maximum(ancestors, np.take(self._ratio, step), out=ancestors)
+            pairs[1] = np.take(self._child, step)
+
+
+def _cuts(
+    block: np.ndarray,
+    sizes: np.ndarray,
+    ranges: np.ndarray,
+    low: np.ndarray,
+    total: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A random cut of each node (its points are consecutive runs of the columns of `block`,
+    `sizes` long): the dimension drawn in proportion to the box's ranges, the value uniformly
+    within the range. A cut that rounding put at the box's edge (one side empty) is drawn again."""
+    nodes, width = ranges.shape
+    owner = np.repeat(np.arange(nodes), sizes)
+    columns = np.arange(block.shape[1])
+    cumulative = np.cumsum(ranges, axis=1)
+    dims = np.empty(nodes, dtype=np.int64)
+    values = np.empty(nodes)
+    pending = np.arange(nodes)
+    while True:
+        r = rng.uniform(0.0, total[pending])
+        j = np.minimum((cumulative[pending] <= r[:, None]).sum(axis=1), width - 1)
+        dims[pending] = j
+        values[pending] = low[pending, j] + (r - (cumulative[pending, j] - ranges[pending, j]))
+        goes_left = block[dims[owner], columns] <= values[owner]
+        taken = np.bincount(owner, weights=goes_left, minlength=nodes).astype(np.int64)
+        pending = np.flatnonzero((taken == 0) | (taken == sizes))
+        if not pending.size:
+            return dims, values, goes_left, taken
 
 
 def _train(context: TrainingContext, hp: dict[str, Any]) -> None:
