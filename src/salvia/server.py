@@ -27,13 +27,15 @@ from salvia.clock import Clock
 from salvia.compute.factory import executor_from_settings
 from salvia.compute.runtimes import RuntimeRegistry
 from salvia.config import Settings
+from salvia.processing.engine import ProcessingEngine
 from salvia.resources.autoscaling import AutoScaling
 from salvia.resources.common import ResourceContext
 from salvia.resources.experiments import EXPERIMENT, TRIAL, TRIAL_COMPONENT, Experiments
 from salvia.resources.hosting import Hosting
-from salvia.resources.mlflow_tracking import MlflowTracking
 from salvia.resources.logs import CloudWatchLogs
 from salvia.resources.metrics import Metrics
+from salvia.resources.mlflow_tracking import MlflowTracking
+from salvia.resources.processing import ProcessingJobs
 from salvia.resources.registry import Handler, collect, is_read_only
 from salvia.resources.search import Search, Searchable
 from salvia.resources.tags import Tags
@@ -84,6 +86,7 @@ class Platform:
     asynchronous: AsyncInference
     serverless: Serverless
     tracking: TrackingServers
+    processing: ProcessingEngine
     tuning: TuningEngine | None = None
 
     def start(self, public_url: str) -> None:
@@ -95,6 +98,7 @@ class Platform:
         self.asynchronous.start()
         self.serverless.start()
         self.tracking.recover()
+        self.processing.recover()
         if self.tuning is not None:
             self.tuning.start()
         self.autoscaler.start()
@@ -162,6 +166,7 @@ def create_platform(settings: Settings) -> Platform:
             "TrainingJob": Searchable(TRAINING_JOB, "TrainingJob", training_jobs.document),
         },
     )
+    processing = ProcessingEngine(training.ctx)
     tracking = TrackingServers(
         TrackingContext(settings, store, executor, clock, lambda: training.ctx.public_url)
     )
@@ -175,6 +180,7 @@ def create_platform(settings: Settings) -> Platform:
         TransformJobs(ctx, transform),
         HyperParameterTuning(ctx, tuning, training_jobs),
         MlflowTracking(ctx, tracking),
+        ProcessingJobs(ctx, processing),
     )
     metrics_handlers = collect(Metrics(ctx))
 
@@ -217,6 +223,7 @@ def create_platform(settings: Settings) -> Platform:
         asynchronous=asynchronous,
         serverless=serverless,
         tracking=tracking,
+        processing=processing,
     )
 
 

@@ -1,0 +1,1 @@
+"""Processing jobs: data processing scripts on instances, SageMaker Processing style."""
