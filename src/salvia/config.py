@@ -47,6 +47,9 @@ class Settings:
     async_scale_in_seconds: float = 60.0
     # how long a serverless instance stays up without a request
     serverless_idle_seconds: float = 60.0
+    # URLs (comma-separated) that receive model registry events ("SageMaker Model Package State
+    # Change", EventBridge-shaped JSON) on every approval status a model package version takes
+    model_events_webhook: str = ""
 
     def webhooks(self) -> dict[str, str]:
         """`notification_webhooks` as {topic ARN: URL}."""
@@ -54,6 +57,10 @@ class Settings:
             item.split("=", 1) for item in self.notification_webhooks.split(",") if "=" in item
         )
         return {topic.strip(): url.strip() for topic, url in pairs}
+
+    def model_event_webhooks(self) -> list[str]:
+        """`model_events_webhook` as a list of URLs."""
+        return [url.strip() for url in self.model_events_webhook.split(",") if url.strip()]
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -113,6 +120,7 @@ _ENV = {
     "SALVIA_NOTIFICATION_WEBHOOKS": "notification_webhooks",
     "SALVIA_ASYNC_SCALE_IN_SECONDS": "async_scale_in_seconds",
     "SALVIA_SERVERLESS_IDLE_SECONDS": "serverless_idle_seconds",
+    "SALVIA_MODEL_EVENTS_WEBHOOK": "model_events_webhook",
 }
 
 

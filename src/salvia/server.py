@@ -32,9 +32,12 @@ from salvia.resources.autoscaling import AutoScaling
 from salvia.resources.common import ResourceContext
 from salvia.resources.experiments import EXPERIMENT, TRIAL, TRIAL_COMPONENT, Experiments
 from salvia.resources.hosting import Hosting
+from salvia.resources.lineage import Lineage
+from salvia.resources.lineage_tracking import LineageTracker
 from salvia.resources.logs import CloudWatchLogs
 from salvia.resources.metrics import Metrics
 from salvia.resources.mlflow_tracking import MlflowTracking
+from salvia.resources.model_registry import ModelRegistry
 from salvia.resources.processing import ProcessingJobs
 from salvia.resources.registry import Handler, collect, is_read_only
 from salvia.resources.search import Search, Searchable
@@ -144,7 +147,9 @@ def create_platform(settings: Settings) -> Platform:
     serving = EndpointEngine(ServingContext(settings, store, objects, executor, runtimes, clock))
     transform = TransformEngine(serving)
     training_jobs = TrainingJobs(ctx, training, experiments)
-    training.ctx.on_finished = training_jobs.on_finished
+    lineage = Lineage(ctx)
+    lineage_tracker = LineageTracker(lineage)
+    training.ctx.on_finished = lineage_tracker.after_training(training_jobs.on_finished)
     tuning = TuningEngine(
         TuningContext(
             store,
@@ -179,9 +184,12 @@ def create_platform(settings: Settings) -> Platform:
         Hosting(ctx, serving),
         TransformJobs(ctx, transform),
         HyperParameterTuning(ctx, tuning, training_jobs),
+        ModelRegistry(ctx, on_registered=lineage_tracker.model_package_registered),
+        lineage,
         MlflowTracking(ctx, tracking),
         ProcessingJobs(ctx, processing),
     )
+    lineage_tracker.observe(sagemaker_handlers)
     metrics_handlers = collect(Metrics(ctx))
 
     asynchronous = AsyncInference(serving)

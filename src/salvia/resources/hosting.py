@@ -11,6 +11,7 @@ from typing import Any
 from salvia.compute.instance_types import lookup as lookup_instance_type
 from salvia.errors import AlreadyExists, NotImplementedOperation, ValidationException
 from salvia.resources.common import ResourceContext, list_page, list_query, name_from, tag_pairs
+from salvia.resources.model_registry import resolve_container
 from salvia.resources.registry import operation
 from salvia.serving.engine import ENDPOINT, ENDPOINT_CONFIG, MODEL, EndpointEngine
 from salvia.store.metadata import Record
@@ -65,6 +66,12 @@ class Hosting:
             raise ValidationException("Either PrimaryContainer or Containers must be given.")
         if primary and containers:
             raise ValidationException("Give either PrimaryContainer or Containers, not both.")
+        # a registered model version (ModelPackageName) deploys its package's inference container
+        if primary:
+            primary = request["PrimaryContainer"] = resolve_container(self.ctx, primary)
+        if containers:
+            containers = [resolve_container(self.ctx, c) for c in containers]
+            request["Containers"] = containers
         for container in [primary] if primary else containers:
             if not container.get("Image"):
                 raise ValidationException("The container's Image is required.")
