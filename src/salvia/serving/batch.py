@@ -109,7 +109,6 @@ class TransformEngine:
         instances: list[dict[str, Any]] = []
         try:
             log.info("transform job %s: starting", name)
-            self._mark_started(name)
             self._transform(record, root, instances, stop)
         except _Stopped:
             self._finish(name, "Stopped")
@@ -142,6 +141,7 @@ class TransformEngine:
             record.body["TransformJobStatus"] = status
             record.status = status
             record.body["TransformEndTime"] = now
+            record.body.setdefault("TransformStartTime", now)
             if reason:
                 record.body["FailureReason"] = reason[:1024]
 
@@ -182,6 +182,7 @@ class TransformEngine:
         for instance in instances:
             self.endpoints.wait_healthy(instance, 600)
         plan = _plan(body, _execution_parameters(clients[0]))
+        self._mark_started(record.name)  # SageMaker's TransformStartTime: running on instances
         log.info("transform job %s: %d instance(s) healthy; %d object(s) to do", record.name,
                  len(instances), len(todo))  # fmt: skip
         asyncio.run(self._process(record.name, todo, clients, plan, output_path, stop))
