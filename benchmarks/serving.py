@@ -242,16 +242,21 @@ def main() -> None:
                 direct_port, "/invocations", row, {"Content-Type": "text/csv", "Accept": "text/csv"}
             )
             gateway = signed_invocation(salvia, gateway_port, row)
-            for clients in CLIENTS:
-                results[("b", clients)] = drive(
-                    "(b) Salvia model server, direct", direct_port, direct, clients, args.seconds
-                )
-                results[("c", clients)] = drive(
-                    "(c) InvokeEndpoint via the gateway",
-                    gateway_port,
-                    gateway,
-                    clients,
-                    args.seconds,
+            try:
+                for clients in CLIENTS:
+                    results[("b", clients)] = drive(
+                        "(b) Salvia model server, direct", direct_port, direct, clients,
+                        args.seconds,
+                    )  # fmt: skip
+                    results[("c", clients)] = drive(
+                        "(c) InvokeEndpoint via the gateway", gateway_port, gateway, clients,
+                        args.seconds,
+                    )  # fmt: skip
+            finally:  # instances outlive the server by design: stop them first
+                sm = salvia.client("sagemaker")
+                sm.delete_endpoint(EndpointName="bench")
+                sm.get_waiter("endpoint_deleted").wait(
+                    EndpointName="bench", WaiterConfig={"Delay": 0.2, "MaxAttempts": 300}
                 )
         if not args.no_mlflow:
             process, port = mlflow_server(booster, scratch, row)
