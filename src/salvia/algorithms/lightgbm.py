@@ -139,7 +139,7 @@ def _train(context: TrainingContext, hps: dict[str, Any]) -> None:
     print(f"Problem type: {problem.kind}; parameters: {params}", flush=True)
     dtrain = lgb.Dataset(x, label=problem.encode(y))
     sets, names = [dtrain], ["train"]
-    callbacks = [lgb.record_evaluation({}), _log_callback()]
+    callbacks = [_log_callback()]
     if "validation" in context.channels:
         x_val, y_val = tabular.load_table(
             context.channels["validation"], context.content_types.get("validation")

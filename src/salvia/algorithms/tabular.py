@@ -78,12 +78,7 @@ def load_table(directory: Path, content_type: str | None) -> tuple[np.ndarray, n
 
             block = pd.read_parquet(path).to_numpy(dtype=np.float64)
         else:
-            try:
-                block = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
-            except ValueError as error:
-                raise AlgorithmError(
-                    f"{path.name} is not numeric CSV without a header: {error}"
-                ) from None
+            block = _read_csv(path)
         if block.size:
             blocks.append(block)
     if not blocks:
@@ -94,6 +89,32 @@ def load_table(directory: Path, content_type: str | None) -> tuple[np.ndarray, n
     if data.shape[1] < 2:
         raise AlgorithmError("Rows need a label column and at least one feature.")
     return data[:, 1:], data[:, 0]
+
+
+# what numpy's loadtxt reads as NaN; an empty cell is an error, as it is there
+_NAN_TOKENS = ("nan", "NaN", "NAN", "+nan", "-nan", "+NaN", "-NaN")
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    """A numeric CSV file as numpy's `loadtxt(path, delimiter=",")` reads it (the same values,
+    `#` comments and blank lines skipped, a ragged row or a non-number refused), parsed by
+    pandas' C reader: several times faster, and pandas is loaded with the libraries anyway."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(
+            path,
+            header=None,
+            dtype=np.float64,
+            comment="#",
+            keep_default_na=False,
+            na_values=list(_NAN_TOKENS),
+        )
+    except pd.errors.EmptyDataError:
+        return np.empty((0, 0))
+    except ValueError as error:  # pandas' ParserError is one too
+        raise AlgorithmError(f"{path.name} is not numeric CSV without a header: {error}") from None
+    return frame.to_numpy(dtype=np.float64)
 
 
 def log_iteration(iteration: int, results: Iterable[tuple[str, str, float]]) -> None:
