@@ -1,7 +1,7 @@
 """Built-in algorithms: training time through Salvia versus the reference library called
 directly on the same data, in the same run.
 
-    .venv/bin/python benchmarks/algorithms.py [--rows 100000] [--only xgboost,kmeans]
+    .venv/bin/python benchmarks/algorithms.py [--rows 100000] [--only kmeans,rcf] [--repeat 3]
 
 Salvia's figure is a whole training job, CreateTrainingJob -> Completed (staging the S3 channel,
 starting the instance, reading the CSV, training, packing and uploading the model). The
@@ -9,12 +9,15 @@ reference is a fresh Python process that reads the same CSV file with numpy and 
 with the same parameters. Target (issue 4): ratio <= 1.15 at 100k rows.
 Random Cut Forest has no reference implementation in a common library; scikit-learn's
 IsolationForest (same tree count and sample size) stands in as the nearest tree-ensemble detector.
+With `--repeat N` each algorithm runs N (job, reference) pairs back to back and prints the medians
+and each pair's ratio, for a host whose timings are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -43,6 +46,7 @@ class Bench:
     hyperparameters: dict[str, str]
     labeled: bool
     reference: str  # Python code fitting the library on `data` (label in column 0 if labeled)
+    aliases: tuple[str, ...] = ()  # other names --only accepts
 
 
 BENCHES = [
@@ -116,6 +120,7 @@ BENCHES = [
         False,
         "from sklearn.ensemble import IsolationForest\n"
         "IsolationForest(n_estimators=100, max_samples=256).fit(data)\n",
+        aliases=("rcf",),
     ),
 ]
 
@@ -170,8 +175,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--only", default="")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="pairs (job, reference) per algorithm; the figures are their medians",
+    )
     args = parser.parse_args()
-    chosen = [b for b in BENCHES if not args.only or b.name in args.only.split(",")]
+    if args.repeat < 1:
+        parser.error(f"--repeat: {args.repeat} is not a positive count")
+    wanted = {name.strip() for name in args.only.split(",") if name.strip()}
+    known = {name for b in BENCHES for name in (b.name, *b.aliases)}
+    if wanted - known:
+        parser.error(f"--only: unknown {sorted(wanted - known)}; choose from {sorted(known)}")
+    chosen = [b for b in BENCHES if not wanted or wanted & {b.name, *b.aliases}]
     with running_salvia() as salvia:
         s3, sm = salvia.client("s3"), salvia.client("sagemaker")
         s3.create_bucket(Bucket="bench")
@@ -181,12 +198,19 @@ def main() -> None:
             path.write_bytes(dataset(args.rows, labeled))
             files[labeled] = path
         print(f"{args.rows} rows x 20 features")
-        print(f"{'algorithm':16} {'salvia s':>9} {'reference s':>12} {'ratio':>6}")
+        spread = "  ratios" if args.repeat > 1 else ""
+        print(f"{'algorithm':16} {'salvia s':>9} {'reference s':>12} {'ratio':>6}{spread}")
         for index, bench in enumerate(chosen):
             s3.upload_file(str(files[bench.labeled]), "bench", f"{bench.name}/data.csv")
-            ours = job_seconds(sm, bench, f"bench-{index}-{int(time.time())}")
-            theirs = reference_seconds(bench, files[bench.labeled])
-            print(f"{bench.name:16} {ours:9.2f} {theirs:12.2f} {ours / theirs:6.2f}")
+            ours, theirs = [], []
+            for attempt in range(args.repeat):  # paired, so that both see the same conditions
+                name = f"bench-{index}-{attempt}-{int(time.time())}"
+                ours.append(job_seconds(sm, bench, name))
+                theirs.append(reference_seconds(bench, files[bench.labeled]))
+            mine, reference = statistics.median(ours), statistics.median(theirs)
+            pairs = " ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs, strict=True))
+            spread = f"  {pairs}" if args.repeat > 1 else ""
+            print(f"{bench.name:16} {mine:9.2f} {reference:12.2f} {mine / reference:6.2f}{spread}")
     print("target: ratio <= 1.15")
 
 
