@@ -162,10 +162,7 @@ def _direct_codisp(forest: rcf.Forest, root: int, x: np.ndarray) -> float:
         node = child
 
 
-def test_vectorised_forest_is_the_robust_random_cut_forest() -> None:
-    rng = np.random.default_rng(7)
-    data = np.vstack([rng.normal(size=(400, 3)), np.repeat([[5.0, 5.0, 5.0]], 20, axis=0)])
-    forest = rcf.Forest.build(data, 7, 64, np.random.default_rng(0))
+def _check_forest(forest: rcf.Forest, trees: int, samples: int, points: np.ndarray) -> None:
     left, right, internal = forest.left, forest.right, forest.left >= 0
     # every node's box bounds its points: the hull of its children's boxes
     np.testing.assert_array_equal(
@@ -179,16 +176,32 @@ def test_vectorised_forest_is_the_robust_random_cut_forest() -> None:
     assert (forest.lo[nodes, dims] <= forest.cut[internal]).all()
     assert (forest.hi[left[internal], dims] <= forest.cut[internal]).all()
     assert (forest.lo[right[internal], dims] > forest.cut[internal]).all()
-    # a leaf is one distinct point, duplicates counted together
+    # a leaf is one distinct point, its duplicates counted with it
     leaves = ~internal
     assert (forest.lo[leaves] == forest.hi[leaves]).all()
-    assert forest.count[leaves].sum() == 7 * 64 and forest.count[leaves].max() > 1
+    assert forest.count[leaves].sum() == trees * samples
     # each tree's nodes are numbered together from its root
-    assert (np.diff(forest.roots) > 0).all() and forest.roots[0] == 0
+    assert len(forest.roots) == trees and forest.roots[0] == 0 and (np.diff(forest.roots) > 0).all()
+    assert (forest.count[forest.roots] == samples).all()
 
-    points = np.vstack([rng.normal(size=(30, 3)), [[5.0, 5.0, 5.0], [9.0, -9.0, 0.0]]])
     expected = [
         np.mean([_direct_codisp(forest, int(root), x) for root in forest.roots]) for x in points
     ]
     np.testing.assert_allclose(forest.score(points), expected, rtol=1e-12)
-    assert forest.score(np.empty((0, 3))).shape == (0,)
+    assert forest.score(np.empty((0, points.shape[1]))).shape == (0,)
+
+
+def test_vectorised_forest_is_the_robust_random_cut_forest() -> None:
+    rng = np.random.default_rng(7)
+    data = np.vstack([rng.normal(size=(400, 3)), np.repeat([[5.0, 5.0, 5.0]], 20, axis=0)])
+    forest = rcf.Forest.build(data, 7, 64, np.random.default_rng(0))
+    points = np.vstack([rng.normal(size=(30, 3)), [[5.0, 5.0, 5.0], [9.0, -9.0, 0.0]]])
+    _check_forest(forest, 7, 64, points)
+    assert forest.count[forest.left < 0].max() > 1  # the duplicates of (5, 5, 5)
+
+
+def test_wide_data_grows_its_trees_in_groups() -> None:
+    rng = np.random.default_rng(8)
+    data = rng.normal(size=(600, 2500))  # a few trees at a time keep their points in cache
+    forest = rcf.Forest.build(data, 3, 256, np.random.default_rng(0))
+    _check_forest(forest, 3, 256, np.vstack([data[:3], rng.normal(size=(3, 2500)) * 3]))

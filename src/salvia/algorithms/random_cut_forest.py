@@ -58,7 +58,8 @@ MODEL_FILE = "randomcutforest-model.npz"
 _SEED = 1
 _EVAL_METRICS = ("accuracy", "precision_recall_fscore")
 _THRESHOLD_SAMPLE = 5_000  # training rows scored to set the anomaly threshold
-_PAIRS_PER_STEP = 8192  # about how many (point, tree) pairs are scored together
+_PAIRS_PER_STEP = 8192  # at most this many (point, tree) pairs are scored together,
+_VALUES_PER_STEP = 1 << 20  # and at most this many of their coordinates
 
 _PARAMS = (
     Param("feature_dim", int, low=1, high=10000),
@@ -102,8 +103,9 @@ class Forest:
         self.lo = arrays["lo"]
         self.hi = arrays["hi"]
         self.roots = arrays["roots"]
-        # what scoring looks up per node: node 2v + 0/1 of these tables is v's left/right child,
-        # and the ratio of the other child's size to this one's plus the inserted point
+        # what scoring looks up: per node its span (summed ranges), size and whether it is a
+        # leaf; and at entry 2v (2v + 1) of the others, for a point going left (right) at node v,
+        # the child it goes to and the ratio of the other child's size to that child's plus it
         leaf = self.left < 0
         own = np.arange(len(self.left))
         size = self.count.astype(np.float64)
@@ -120,84 +122,42 @@ class Forest:
 
     @classmethod
     def build(cls, data: np.ndarray, trees: int, samples: int, rng: np.random.Generator) -> Forest:
-        """Robust random cut trees over `trees` samples of `samples` rows, all grown together one
-        level of nodes at a time (each level a few array operations over every tree's points)."""
+        """Robust random cut trees over `trees` samples of `samples` rows each."""
         size = min(samples, len(data))
-        width = data.shape[1]
         picks = [rng.choice(len(data), size=size, replace=False) for _ in range(trees)]
-        capacity = trees * (2 * size - 1)
-        left = np.full(capacity, -1, dtype=np.int64)
-        right = np.full(capacity, -1, dtype=np.int64)
-        dim = np.zeros(capacity, dtype=np.int64)
-        cut = np.zeros(capacity)
-        count = np.zeros(capacity, dtype=np.int64)
-        lo = np.empty((capacity, width))
-        hi = np.empty((capacity, width))
-        tree = np.empty(capacity, dtype=np.int64)
-        # the frontier: new nodes, each holding a run of the columns of `block` (its points,
-        # one column each: a reduction along a row is what numpy does fastest)
-        block = np.ascontiguousarray(data[np.concatenate(picks)].T)
-        nodes = np.arange(trees)
-        sizes = np.full(trees, size)
-        tree[:trees] = nodes
-        used = trees
-        while nodes.size:
-            starts = np.cumsum(sizes) - sizes
-            low = np.minimum.reduceat(block, starts, axis=1).T
-            high = np.maximum.reduceat(block, starts, axis=1).T
-            lo[nodes], hi[nodes], count[nodes] = low, high, sizes
-            ranges = high - low
-            total = ranges.sum(axis=1)
-            split = total > 0  # a node of one distinct point (or its duplicates) is a leaf
-            if not split.all():
-                block = np.compress(np.repeat(split, sizes), block, axis=1)
-                nodes, sizes = nodes[split], sizes[split]
-                ranges, low, total = ranges[split], low[split], total[split]
-                if not nodes.size:
-                    break
-            dims, values, goes_left, taken = _cuts(block, sizes, ranges, low, total, rng)
-            dim[nodes], cut[nodes] = dims, values
-            children = used + np.arange(2 * len(nodes))
-            left[nodes], right[nodes] = children[0::2], children[1::2]
-            tree[children] = np.repeat(tree[nodes], 2)
-            used += len(children)
-            # each node's points, left ones first, become its children's runs
-            owner = np.repeat(np.arange(len(nodes)), sizes)
-            block = np.take(block, np.argsort(2 * owner + ~goes_left, kind="stable"), axis=1)
-            sizes = np.column_stack([taken, sizes - taken]).ravel()
-            nodes = children
-        # renumber so that each tree's nodes are contiguous (stable: breadth-first within it)
-        arrange = np.argsort(tree[:used], kind="stable")
-        rank = np.empty(used, dtype=np.int64)
-        rank[arrange] = np.arange(used)
-
-        def renumbered(children: np.ndarray) -> np.ndarray:
-            children = children[:used][arrange]
-            return np.where(children >= 0, rank[np.maximum(children, 0)], -1)
-
-        return cls(
-            {
-                "left": renumbered(left),
-                "right": renumbered(right),
-                "dim": dim[:used][arrange],
-                "cut": cut[:used][arrange],
-                "count": count[:used][arrange],
-                "lo": lo[:used][arrange],
-                "hi": hi[:used][arrange],
-                "roots": rank[:trees],
-            }
-        )
+        # trees grow together, as many as keep their points within a few megabytes
+        group = max(1, _VALUES_PER_STEP // (size * max(data.shape[1], 1)))
+        parts = [
+            _grow(data[np.concatenate(picks[first : first + group])], size, rng)
+            for first in range(0, trees, group)
+        ]
+        if len(parts) == 1:
+            return cls(parts[0])
+        offsets = np.cumsum([0] + [len(part["count"]) for part in parts[:-1]])
+        merged = {
+            name: np.concatenate(
+                [
+                    np.where(part[name] >= 0, part[name] + offset, -1)
+                    for part, offset in zip(parts, offsets, strict=True)
+                ]
+            )
+            for name in ("left", "right", "roots")
+        }
+        for name in ("dim", "cut", "count", "lo", "hi"):
+            merged[name] = np.concatenate([part[name] for part in parts])
+        return cls(merged)
 
     def score(self, points: np.ndarray) -> np.ndarray:
         """The mean over the trees of each point's expected CoDisp."""
         points = np.ascontiguousarray(points, dtype=np.float64)
         trees = len(self.roots)
         total = np.zeros(len(points))
-        # (point, tree) pairs go down together, about _PAIRS_PER_STEP at a time: many points
-        # through one tree (whose nodes stay in cache), or a small request through many trees
-        for start in range(0, len(points), _PAIRS_PER_STEP):
-            block = points[start : start + _PAIRS_PER_STEP]
-            per_step = min(trees, max(1, _PAIRS_PER_STEP // len(block)))
+        # (point, tree) pairs go down together, up to `pairs` at a time: many points through
+        # one tree (whose nodes stay in cache), or a small request through many trees
+        pairs = max(1, min(_PAIRS_PER_STEP, _VALUES_PER_STEP // max(points.shape[1], 1)))
+        for start in range(0, len(points), pairs):
+            block = points[start : start + pairs]
+            per_step = min(trees, max(1, pairs // len(block)))
             for first in range(0, trees, per_step):
                 roots = self.roots[first : first + per_step]
                 self._add_codisp(block, roots, total[start : start + len(block)])
@@ -236,7 +196,7 @@ class Forest:
             expected += survive * separate * np.maximum(size, ancestors)
             survive *= 1.0 - separate
             ended = leaf > 0
-            if ended.any():  # x duplicates the leaf's point: no further ratio
+            if ended.any():  # x was placed beside the leaf, or duplicates its point (no ratio)
                 done = np.compress(ended, state, axis=1)
                 done = done[2] + done[0] * done[1]
                 total += np.bincount(np.compress(ended, which), weights=done, minlength=n)
@@ -255,6 +215,70 @@ class Forest:
             pairs[1] = np.take(self._child, step)
 
 
+def _grow(points: np.ndarray, size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Robust random cut trees over consecutive runs of `size` points, all grown together one
+    level of nodes at a time (a few array operations over every tree's points per level); each
+    tree's nodes numbered together, breadth-first from its root."""
+    trees, width = len(points) // size, points.shape[1]
+    capacity = trees * (2 * size - 1)
+    left = np.full(capacity, -1, dtype=np.int64)
+    right = np.full(capacity, -1, dtype=np.int64)
+    dim = np.zeros(capacity, dtype=np.int64)
+    cut = np.zeros(capacity)
+    count = np.zeros(capacity, dtype=np.int64)
+    lo = np.empty((capacity, width))
+    hi = np.empty((capacity, width))
+    tree = np.empty(capacity, dtype=np.int64)
+    # the frontier: new nodes, each holding a run of the rows of `block` (its points)
+    block = points
+    nodes = np.arange(trees)
+    sizes = np.full(trees, size)
+    tree[:trees] = nodes
+    used = trees
+    while nodes.size:
+        starts = np.cumsum(sizes) - sizes
+        low = np.minimum.reduceat(block, starts, axis=0)
+        high = np.maximum.reduceat(block, starts, axis=0)
+        lo[nodes], hi[nodes], count[nodes] = low, high, sizes
+        ranges = high - low
+        total = ranges.sum(axis=1)
+        split = total > 0  # a node of one distinct point (or its duplicates) is a leaf
+        rows = np.flatnonzero(np.repeat(split, sizes))  # the points of the nodes to split
+        nodes, sizes, ranges, low, total = (a[split] for a in (nodes, sizes, ranges, low, total))
+        if not nodes.size:
+            break
+        dims, values, goes_left, taken = _cuts(block[rows], sizes, ranges, low, total, rng)
+        dim[nodes], cut[nodes] = dims, values
+        children = used + np.arange(2 * len(nodes))
+        left[nodes], right[nodes] = children[0::2], children[1::2]
+        tree[children] = np.repeat(tree[nodes], 2)
+        used += len(children)
+        # each node's points, left ones first, become its children's runs
+        owner = np.repeat(np.arange(len(nodes)), sizes)
+        block = block[rows[np.argsort(2 * owner + ~goes_left, kind="stable")]]
+        sizes = np.column_stack([taken, sizes - taken]).ravel()
+        nodes = children
+    # renumber so that each tree's nodes are contiguous (stable: breadth-first within it)
+    arrange = np.argsort(tree[:used], kind="stable")
+    rank = np.empty(used, dtype=np.int64)
+    rank[arrange] = np.arange(used)
+
+    def renumbered(children: np.ndarray) -> np.ndarray:
+        children = children[:used][arrange]
+        return np.where(children >= 0, rank[np.maximum(children, 0)], -1)
+
+    return {
+        "left": renumbered(left),
+        "right": renumbered(right),
+        "dim": dim[:used][arrange],
+        "cut": cut[:used][arrange],
+        "count": count[:used][arrange],
+        "lo": lo[:used][arrange],
+        "hi": hi[:used][arrange],
+        "roots": rank[:trees],
+    }
+
+
 def _cuts(
     block: np.ndarray,
     sizes: np.ndarray,
@@ -263,12 +287,12 @@ def _cuts(
     total: np.ndarray,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A random cut of each node (its points are consecutive runs of the columns of `block`,
+    """A random cut of each node (its points are consecutive runs of the rows of `block`,
     `sizes` long): the dimension drawn in proportion to the box's ranges, the value uniformly
     within the range. A cut that rounding put at the box's edge (one side empty) is drawn again."""
     nodes, width = ranges.shape
     owner = np.repeat(np.arange(nodes), sizes)
-    columns = np.arange(block.shape[1])
+    rows = np.arange(len(block))
     cumulative = np.cumsum(ranges, axis=1)
     dims = np.empty(nodes, dtype=np.int64)
     values = np.empty(nodes)
@@ -278,7 +302,7 @@ def _cuts(
         j = np.minimum((cumulative[pending] <= r[:, None]).sum(axis=1), width - 1)
         dims[pending] = j
         values[pending] = low[pending, j] + (r - (cumulative[pending, j] - ranges[pending, j]))
-        goes_left = block[dims[owner], columns] <= values[owner]
+        goes_left = block[rows, dims[owner]] <= values[owner]
         taken = np.bincount(owner, weights=goes_left, minlength=nodes).astype(np.int64)
         pending = np.flatnonzero((taken == 0) | (taken == sizes))
         if not pending.size:
