@@ -42,7 +42,9 @@ MAX_TTL = 6 * 3600  # RequestTTLSeconds: default and maximum, 6 hours
 DEFAULT_TIMEOUT, MAX_TIMEOUT = 900, 3600  # InvocationTimeoutSeconds
 MAX_PAYLOAD = 1024**3  # 1 GB
 DEFAULT_CONCURRENCY = 4  # MaxConcurrentInvocationsPerInstance when the config leaves it out
-_POLL = 0.05
+# the queue is looked at when a request arrives or finishes (`_wake`), else this often: an idle
+# platform should not query its store many times a second
+_POLL = 1.0
 
 
 class AsyncRefused(Exception):

@@ -50,7 +50,9 @@ class InstanceClient:
             reused = bool(self._idle)
             connection = self._idle.pop() if reused else await self._connect(timeout)
             try:
-                reply, keep = await asyncio.wait_for(self._exchange(connection, payload), timeout)
+                # asyncio.timeout, not wait_for: no extra task per request on the hot path
+                async with asyncio.timeout(timeout):
+                    reply, keep = await self._exchange(connection, payload)
             except (OSError, asyncio.IncompleteReadError, ValueError) as error:
                 connection[1].close()
                 if reused and attempt == 0:
