@@ -144,6 +144,16 @@ class SalviaServer:
         )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `one_backend` drive processes (model servers, jobs) whose use of the store
+    other tests cover on both backends: they run on SQLite only, to keep the suite short."""
+    skip = pytest.mark.skip(reason="one_backend: covered on SQLite; the store path is tested")
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.get_closest_marker("one_backend") and params.get("backend") == "postgres":
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "postgres" and not POSTGRES_URL:

@@ -20,6 +20,9 @@ import pytest
 
 from tests.conftest import SalviaServer, unique
 
+# process-heavy; their store use is covered on both backends elsewhere
+pytestmark = pytest.mark.one_backend
+
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 ACCOUNT = "382416733822.dkr.ecr.us-east-1.amazonaws.com"
 

@@ -16,6 +16,9 @@ from botocore.exceptions import ClientError
 from tests.api.test_endpoints import ROLE, SKLEARN_IMAGE, archive, iris_model
 from tests.conftest import SalviaServer, unique
 
+# process-heavy; their store use is covered on both backends elsewhere
+pytestmark = pytest.mark.one_backend
+
 # Turns rows measured in millimetres (JSON) into centimetres (CSV) for the model behind it.
 PREPROCESSOR = """
 import json

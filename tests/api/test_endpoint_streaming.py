@@ -13,6 +13,9 @@ from botocore.exceptions import ClientError, EventStreamError
 from tests.api.test_endpoints import deploy
 from tests.conftest import SalviaServer
 
+# process-heavy; their store use is covered on both backends elsewhere
+pytestmark = pytest.mark.one_backend
+
 GENERATOR = """
 import json
 import time

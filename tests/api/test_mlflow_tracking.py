@@ -13,6 +13,9 @@ from botocore.exceptions import ClientError
 from tests.api.test_training import job_request, wait
 from tests.conftest import SalviaServer, unique
 
+# process-heavy; their store use is covered on both backends elsewhere
+pytestmark = pytest.mark.one_backend
+
 LOGGING_SCRIPT = """
 import mlflow
 

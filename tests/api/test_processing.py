@@ -13,6 +13,9 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import SalviaServer, unique
 
+# process-heavy; their store use is covered on both backends elsewhere
+pytestmark = pytest.mark.one_backend
+
 SKLEARN_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 

@@ -19,6 +19,9 @@ from botocore.exceptions import ClientError
 from tests.api.test_endpoints import ROLE, SKLEARN_IMAGE, archive
 from tests.conftest import SalviaServer, fresh_database, unique
 
+# process-heavy; their store use is covered on both backends elsewhere
+pytestmark = pytest.mark.one_backend
+
 SLOW_ECHO = """
 import json
 import time

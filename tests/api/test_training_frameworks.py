@@ -17,6 +17,9 @@ import pytest
 from tests.api.test_training import ROLE, upload_code, wait
 from tests.conftest import SalviaServer, unique
 
+# process-heavy; their store use is covered on both backends elsewhere
+pytestmark = pytest.mark.one_backend
+
 TORCH_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.1-cpu-py310"
 
 ALLREDUCE = """

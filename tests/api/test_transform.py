@@ -17,6 +17,9 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import SalviaServer, unique
 
+# process-heavy; their store use is covered on both backends elsewhere
+pytestmark = pytest.mark.one_backend
+
 XGBOOST = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 FEATURES = 5

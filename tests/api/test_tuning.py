@@ -179,6 +179,7 @@ def check_best(sm: Any, name: str, described: dict[str, Any]) -> list[dict[str, 
     return found
 
 
+@pytest.mark.one_backend  # trials are training jobs; the restart test covers both stores
 @pytest.mark.parametrize(
     ("strategy", "extra"),
     [
@@ -237,6 +238,7 @@ def test_each_strategy_completes_with_the_best_job(
     assert [s["Strategy"] for s in summaries] == [strategy]
 
 
+@pytest.mark.one_backend  # trials are training jobs; the restart test covers both stores
 @pytest.mark.slow  # four slow script-mode trials, one after another
 def test_early_stopping_stops_a_clearly_bad_trial(server: SalviaServer, data: str) -> None:
     sm = server.client()
@@ -282,6 +284,7 @@ def test_early_stopping_stops_a_clearly_bad_trial(server: SalviaServer, data: st
 GRID_SEED_BAD_LAST = 5
 
 
+@pytest.mark.one_backend  # trials are training jobs; the restart test covers both stores
 def test_a_target_objective_value_ends_the_job_early(server: SalviaServer, data: str) -> None:
     sm = server.client()
     name = unique("target")
@@ -309,6 +312,7 @@ def mean_first(found: list[dict[str, Any]], count: int) -> float:
     return float(np.mean([objective(t) for t in first]))
 
 
+@pytest.mark.one_backend  # trials are training jobs; the restart test covers both stores
 @pytest.mark.slow  # a parent job, then its child
 def test_warm_start_from_a_parent_improves_the_first_trials(
     server: SalviaServer, data: str
@@ -343,6 +347,7 @@ def test_warm_start_from_a_parent_improves_the_first_trials(
     assert objective(overall) == max(objective(t) for t in parent_trials + child_trials)
 
 
+@pytest.mark.one_backend  # trials are training jobs; the restart test covers both stores
 def test_a_multi_algorithm_job_picks_the_better_algorithm(server: SalviaServer, data: str) -> None:
     sm = server.client()
     name = unique("multi")
@@ -375,6 +380,7 @@ def test_a_multi_algorithm_job_picks_the_better_algorithm(server: SalviaServer, 
     assert described["BestTrainingJob"]["TrainingJobDefinitionName"] == "trees"
 
 
+@pytest.mark.one_backend  # trials are training jobs; the restart test covers both stores
 def test_stopping_a_tuning_job_stops_its_running_trials(server: SalviaServer, data: str) -> None:
     sm = server.client()
     name = unique("stop")
