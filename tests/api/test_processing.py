@@ -176,3 +176,24 @@ def test_processing_requests_are_validated(server: SalviaServer, bucket: str) ->
     with pytest.raises(ClientError) as missing:
         sm.describe_processing_job(ProcessingJobName="nowhere")
     assert missing.value.response["Error"]["Code"] == "ValidationException"
+
+
+def test_a_processing_job_records_its_lineage(server: SalviaServer, bucket: str) -> None:
+    sm = server.client()
+    name = unique("lineage")
+    sm.create_processing_job(**processing_request(bucket, name, instances=1))
+    assert wait(sm, name)["ProcessingJobStatus"] == "Completed"
+    output = f"s3://{bucket}/{name}/totals"
+    produced = sm.list_artifacts(SourceUri=output)["ArtifactSummaries"]
+    assert len(produced) == 1
+    found = sm.query_lineage(
+        StartArns=[produced[0]["ArtifactArn"]], Direction="Ascendants", IncludeEdges=True
+    )
+    sources = {
+        sm.describe_artifact(ArtifactArn=v["Arn"])["Source"]["SourceUri"]
+        for v in found["Vertices"]
+        if v["Type"] == "DataSet" and v["Arn"] != produced[0]["ArtifactArn"]
+    }
+    assert f"s3://{bucket}/numbers/" in sources  # the input data set, through the job
+    components = [v for v in found["Vertices"] if v.get("LineageType") == "TrialComponent"]
+    assert [c["Arn"].rsplit("/", 1)[1] for c in components] == [f"{name}-aws-processing-job"]

@@ -6,6 +6,9 @@
     ModelDeployment action --ContributedTo--> Endpoint context
     ModelDeployment action, DataSet artifact --ContributedTo--> transform job's trial component
     transform job's trial component --Produced--> DataSet artifact (its output)
+    DataSet, Image artifacts --ContributedTo--> processing job's trial component --Produced-->
+        DataSet artifacts (its outputs)
+    a tuning job's trial's component --AssociatedWith--> the tuning job's context
 
 Entities that stand for one thing get deterministic names (an artifact is keyed by its type and
 URI, so a training job's output and the model package that registers it meet in one vertex), and
@@ -28,7 +31,11 @@ from salvia.store.metadata import Record
 
 log = logging.getLogger(__name__)
 
-_SUFFIX = {"SageMakerTrainingJob": "training-job", "SageMakerTransformJob": "transform-job"}
+_SUFFIX = {
+    "SageMakerTrainingJob": "training-job",
+    "SageMakerTransformJob": "transform-job",
+    "SageMakerProcessingJob": "processing-job",
+}
 
 
 class LineageTracker:
@@ -111,6 +118,13 @@ class LineageTracker:
         model_data = (body.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
         if body.get("TrainingJobStatus") == "Completed" and model_data:
             self.lineage.associate(component, self.artifact(model_data, "Model"), "Produced")
+        tuning_arn = body.get("TuningJobArn")
+        if tuning_arn:  # a tuning job's trial: its component belongs to the tuning job
+            tuning = tuning_arn.rsplit("/", 1)[1]
+            context = self._entity(
+                CONTEXT, f"{tuning}-aws-tuning-job", tuning_arn, "HyperParameterTuningJob"
+            )
+            self.lineage.associate(component, context, "AssociatedWith")
 
     def model_package_registered(self, package: Record) -> None:
         artifact = self.artifact(package.arn, "ModelPackage")
@@ -172,6 +186,25 @@ class LineageTracker:
         if output:
             self.lineage.associate(component, self.artifact(output, "DataSet"), "Produced")
 
+    def processing_job_created(self, request: dict[str, Any]) -> None:
+        job = self.ctx.store.get("processing-job", request["ProcessingJobName"])
+        if job is None:
+            return
+        component = self._component(job, "SageMakerProcessingJob")
+        image = (request.get("AppSpecification") or {}).get("ImageUri")
+        if image:
+            self.lineage.associate(self.artifact(image, "Image"), component, "ContributedTo")
+        for item in request.get("ProcessingInputs") or []:
+            uri = (item.get("S3Input") or {}).get("S3Uri")
+            if uri:
+                dataset = self.artifact(uri, "DataSet", InputName=item["InputName"])
+                self.lineage.associate(dataset, component, "ContributedTo")
+        for item in (request.get("ProcessingOutputConfig") or {}).get("Outputs") or []:
+            uri = (item.get("S3Output") or {}).get("S3Uri")
+            if uri:
+                dataset = self.artifact(uri, "DataSet", OutputName=item["OutputName"])
+                self.lineage.associate(component, dataset, "Produced")
+
     # --- wiring -----------------------------------------------------------------------------
 
     def observe(self, handlers: dict[str, Handler]) -> None:
@@ -181,6 +214,7 @@ class LineageTracker:
             "CreateEndpoint": self.endpoint_deployed,
             "UpdateEndpoint": self.endpoint_deployed,
             "CreateTransformJob": self.transform_job_created,
+            "CreateProcessingJob": self.processing_job_created,
         }
         for name, hook in hooks.items():
             if name in handlers:
