@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from salvia.compute.instance_types import lookup as lookup_instance_type
-from salvia.errors import AlreadyExists, ResourceInUse, ValidationException
+from salvia.errors import ValidationException
 from salvia.processing.engine import KIND, ProcessingEngine
-from salvia.resources.common import ResourceContext, list_page, list_query, name_from, tag_pairs
+from salvia.resources.common import ResourceContext, list_page, list_query
+from salvia.resources.jobs import create_job, find_job, job_summary
 from salvia.resources.registry import operation
 from salvia.store.metadata import Record
 
@@ -23,28 +24,13 @@ class ProcessingJobs:
         self.engine = engine
 
     def job(self, name: str) -> Record:
-        record = self.ctx.store.get(KIND, name_from(name, KIND))
-        if record is None:
-            arn = self.ctx.arn(KIND, name_from(name, KIND))
-            raise ValidationException(f"Could not find requested job with name {arn}")
-        return record
+        return find_job(self.ctx, KIND, name)
 
     @operation("CreateProcessingJob")
     def create_processing_job(self, request: dict[str, Any]) -> dict[str, Any]:
         self._check(request)
         name = request["ProcessingJobName"]
-        body = {k: v for k, v in request.items() if k != "Tags" and v is not None}
-        body["ProcessingJobStatus"] = "InProgress"
-        record = self.ctx.new_record(
-            KIND, name, body, arn_member="ProcessingJobArn", status="InProgress"
-        )
-        try:
-            self.ctx.store.create(record, tag_pairs(request.get("Tags")))
-        except AlreadyExists:
-            raise ResourceInUse(
-                "Job name must be unique within an AWS account and region, and a job with this "
-                f"name already exists ({record.arn})"
-            ) from None
+        record = create_job(self.ctx, KIND, request, "ProcessingJobName", "Processing")
         self.engine.submit(name)
         return {"ProcessingJobArn": record.arn}
 
@@ -126,9 +112,7 @@ class ProcessingJobs:
 
 
 def _summary(record: Record) -> dict[str, Any]:
-    summary = {key: record.body.get(key) for key in _SUMMARY}
-    summary.update(CreationTime=record.creation_time, LastModifiedTime=record.last_modified_time)
-    return summary
+    return job_summary(record, _SUMMARY)
 
 
 def _unique_name(name: str, seen: set[str], member: str) -> str:

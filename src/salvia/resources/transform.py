@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from salvia.compute.instance_types import lookup as lookup_instance_type
-from salvia.errors import AlreadyExists, ResourceInUse, ValidationException
-from salvia.resources.common import ResourceContext, list_page, list_query, name_from, tag_pairs
+from salvia.errors import ValidationException
+from salvia.resources.common import ResourceContext, list_page, list_query
+from salvia.resources.jobs import create_job, find_job, job_summary
 from salvia.resources.registry import operation
 from salvia.serving.batch import KIND, TransformEngine
 from salvia.serving.batch_records import Processing
@@ -24,28 +25,13 @@ class TransformJobs:
         self.engine = engine
 
     def job(self, name: str) -> Record:
-        record = self.ctx.store.get(KIND, name_from(name, KIND))
-        if record is None:
-            arn = self.ctx.arn(KIND, name_from(name, KIND))
-            raise ValidationException(f"Could not find requested job with name {arn}")
-        return record
+        return find_job(self.ctx, KIND, name)
 
     @operation("CreateTransformJob")
     def create_transform_job(self, request: dict[str, Any]) -> dict[str, Any]:
         name = request["TransformJobName"]
         self._check(request)
-        body = {k: v for k, v in request.items() if k != "Tags" and v is not None}
-        body["TransformJobStatus"] = "InProgress"
-        record = self.ctx.new_record(
-            KIND, name, body, arn_member="TransformJobArn", status="InProgress"
-        )
-        try:
-            self.ctx.store.create(record, tag_pairs(request.get("Tags")))
-        except AlreadyExists:
-            raise ResourceInUse(
-                "Job name must be unique within an AWS account and region, and a job with this "
-                f"name already exists ({record.arn})"
-            ) from None
+        record = create_job(self.ctx, KIND, request, "TransformJobName", "Transform")
         self.engine.submit(name)
         return {"TransformJobArn": record.arn}
 
@@ -124,6 +110,4 @@ class TransformJobs:
 
 
 def _summary(record: Record) -> dict[str, Any]:
-    summary = {key: record.body.get(key) for key in _SUMMARY}
-    summary.update(CreationTime=record.creation_time, LastModifiedTime=record.last_modified_time)
-    return summary
+    return job_summary(record, _SUMMARY)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 
 class InstanceUnavailable(ConnectionError):
@@ -39,20 +40,29 @@ class InstanceClient:
         headers: dict[str, str] | None = None,
         timeout: float = 60.0,
     ) -> Reply:
-        head = [
-            f"{method} {path} HTTP/1.1",
-            f"Host: {self.host}:{self.port}",
-            f"Content-Length: {len(body)}",
-        ]
-        head += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-        for attempt in range(2):  # a pooled connection may have been closed by the server
+        payload = _request_bytes(self.host, self.port, method, path, body, headers)
+        (reply, keep), connection = await self._send(payload, timeout, self._exchange)
+        if keep:
+            self._release(connection)
+        else:
+            connection[1].close()
+        return reply
+
+    async def _send(
+        self,
+        payload: bytes,
+        timeout: float,
+        exchange: Callable[[_Connection, bytes], Awaitable[_T]],
+    ) -> tuple[_T, _Connection]:
+        """`exchange` on a pooled connection (or a new one), within `timeout`; a pooled one the
+        server has closed meanwhile is replaced once."""
+        for attempt in range(2):
             reused = bool(self._idle)
             connection = self._idle.pop() if reused else await self._connect(timeout)
             try:
                 # asyncio.timeout, not wait_for: no extra task per request on the hot path
                 async with asyncio.timeout(timeout):
-                    reply, keep = await self._exchange(connection, payload)
+                    return await exchange(connection, payload), connection
             except (OSError, asyncio.IncompleteReadError, ValueError) as error:
                 connection[1].close()
                 if reused and attempt == 0:
@@ -61,11 +71,6 @@ class InstanceClient:
             except TimeoutError:
                 connection[1].close()
                 raise
-            if keep and len(self._idle) < self.max_idle:
-                self._idle.append(connection)
-            else:
-                connection[1].close()
-            return reply
         raise InstanceUnavailable("no connection")
 
     async def _connect(self, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -109,29 +114,9 @@ class InstanceClient:
     ) -> OpenedStream:
         """Send the request and read only the response's head: the body is read part by part
         (chunk by chunk when the server streams it) with `OpenedStream.parts`."""
-        head = [
-            f"{method} {path} HTTP/1.1",
-            f"Host: {self.host}:{self.port}",
-            f"Content-Length: {len(body)}",
-        ]
-        head += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-        for attempt in range(2):
-            reused = bool(self._idle)
-            connection = self._idle.pop() if reused else await self._connect(timeout)
-            try:
-                connection[1].write(payload)
-                status, headers_in = await asyncio.wait_for(_read_head(connection[0]), timeout)
-            except (OSError, asyncio.IncompleteReadError, ValueError) as error:
-                connection[1].close()
-                if reused and attempt == 0:
-                    continue
-                raise InstanceUnavailable(str(error) or type(error).__name__) from error
-            except TimeoutError:
-                connection[1].close()
-                raise
-            return OpenedStream(status, headers_in, self, connection)
-        raise InstanceUnavailable("no connection")
+        payload = _request_bytes(self.host, self.port, method, path, body, headers)
+        (status, headers_in), connection = await self._send(payload, timeout, _send_for_head)
+        return OpenedStream(status, headers_in, self, connection)
 
     def _release(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
         if len(self._idle) < self.max_idle:
@@ -143,6 +128,23 @@ class InstanceClient:
         for _, writer in self._idle:
             writer.close()
         self._idle.clear()
+
+
+_Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+_T = TypeVar("_T")
+
+
+def _request_bytes(
+    host: str, port: int, method: str, path: str, body: bytes, headers: dict[str, str] | None
+) -> bytes:
+    head = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+    head += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+async def _send_for_head(connection: _Connection, payload: bytes) -> tuple[int, dict[str, str]]:
+    connection[1].write(payload)
+    return await _read_head(connection[0])
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
