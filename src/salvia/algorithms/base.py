@@ -4,6 +4,7 @@ context read from the container contract, metric lines, and the failure file."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -11,7 +12,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 _REQUIRED = object()
 
@@ -195,7 +196,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 def run_training(
     spec: AlgorithmSpec, train: Callable[[TrainingContext, dict[str, Any]], None]
 ) -> None:
-    """The algorithm container's `train`: check, run, and leave the failure file on error."""
+    """The algorithm container's `train`: check, run, and leave the failure file on error.
+
+    Ends the process itself: everything the job leaves is on disk by then, and the interpreter's
+    own teardown of what the libraries imported (xgboost alone brings scikit-learn, SciPy,
+    pandas and pyarrow) takes a quarter of a second that every job would wait for."""
     context = TrainingContext.from_env()
     try:
         context.check_channels(spec)
@@ -206,6 +211,7 @@ def run_training(
     except Exception as error:  # the algorithm's own bug, reported as SageMaker does
         traceback.print_exc()
         _fail(context, f"AlgorithmError: {type(error).__name__}: {error}")
+    _exit(0)
 
 
 def _fail(context: TrainingContext, reason: str) -> None:
@@ -213,7 +219,14 @@ def _fail(context: TrainingContext, reason: str) -> None:
     failure = context.output_dir / "failure"
     failure.parent.mkdir(parents=True, exist_ok=True)
     failure.write_text(reason[:1024])
-    sys.exit(1)
+    _exit(1)
+
+
+def _exit(status: int) -> NoReturn:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def channel_files(directory: Path) -> Sequence[Path]:

@@ -24,6 +24,7 @@ import ast
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -405,6 +406,9 @@ _CONTAINER_ONLY = ("num_round", "csv_weights", "early_stopping_rounds", "save_mo
 def _train(context: TrainingContext, hps: dict[str, Any]) -> None:
     import xgboost as xgb
 
+    # `xgboost-model` has no extension, so the library says on each save which format it chose;
+    # the format is the documented one (UBJSON), and the line only clutters the job's log.
+    warnings.filterwarnings("ignore", message=".*Saving model in the UBJSON format as default")
     _check(hps)
     if len(context.hosts) > 1:
         raise AlgorithmError(

@@ -21,7 +21,10 @@ from salvia.training.metrics import MetricScraper, compile_definitions
 
 log = logging.getLogger(__name__)
 
+# How often a running job's instances are looked at: often at first, so that a short job's end
+# is seen within a few milliseconds, then no more than this once it has run a while.
 POLL_SECONDS = 0.1
+FIRST_POLL_SECONDS = 0.01
 CHECKPOINT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 120.0  # SageMaker's `docker stop -t 120`
 FAILURE_REASON_LIMIT = 1024
@@ -216,7 +219,7 @@ class JobRun(threading.Thread):
             else None
         )
         started_at = record.body.get("TrainingStartTime") or self.ctx.clock.now()
-        last_checkpoint = time.monotonic()
+        last_checkpoint = watch_started = time.monotonic()
         stop_reason: str | None = None
         while True:
             if self._detached.is_set():
@@ -244,7 +247,8 @@ class JobRun(threading.Thread):
                     sync.upload_changed()
                 self._save_offsets(running)
                 last_checkpoint = time.monotonic()
-            time.sleep(POLL_SECONDS)
+            watched = time.monotonic() - watch_started
+            time.sleep(min(POLL_SECONDS, max(FIRST_POLL_SECONDS, watched / 50)))
 
         if stop_reason or failed:
             if stop_reason:
