@@ -69,6 +69,8 @@ class SalviaServer:
         self.extra_env = env or {}
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        # what `client()` signs with: any key in open mode, the administrator's in iam mode
+        self.credentials: tuple[str, ...] = ("testing", "testing")
 
     @property
     def url(self) -> str:
@@ -128,13 +130,24 @@ class SalviaServer:
         path = self.home / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def client(self, service: str = "sagemaker", **config: Any) -> Any:
+    def admin_credentials(self) -> tuple[str, str]:
+        """The administrator's key that an authenticated server prints on its first start."""
+        log = self.log()
+        key = log.split("AWS_ACCESS_KEY_ID=", 1)[1].split()[0]
+        secret = log.split("AWS_SECRET_ACCESS_KEY=", 1)[1].split()[0]
+        return key, secret
+
+    def client(
+        self, service: str = "sagemaker", credentials: tuple[str, ...] | None = None, **config: Any
+    ) -> Any:
+        key, secret, *token = credentials or self.credentials
         return boto3.client(
             service,
             endpoint_url=self.url,
             region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            aws_session_token=token[0] if token else None,
             # the server, not boto3, must reject bad input: client-side checks are off
             config=Config(
                 retries={"max_attempts": 1, "mode": "standard"},
@@ -190,6 +203,18 @@ def server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     instance.stop()
     instance.stop_instances()
     drop()
+
+
+@pytest.fixture(scope="module")
+def iam_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SalviaServer]:
+    """One server per test module in authenticated mode (SALVIA_AUTH_MODE=iam), whose
+    `client()` signs as the administrator it created on its first start."""
+    instance = SalviaServer(tmp_path_factory.mktemp("home"), env={"SALVIA_AUTH_MODE": "iam"})
+    instance.start()
+    instance.credentials = instance.admin_credentials()
+    yield instance
+    instance.stop()
+    instance.stop_instances()
 
 
 @pytest.fixture

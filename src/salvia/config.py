@@ -5,6 +5,7 @@ Every other module receives a `Settings`; nothing else reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -31,8 +32,11 @@ class Settings:
     s3_endpoint_url: str = ""
     s3_access_key_id: str = ""
     s3_secret_access_key: str = ""
-    # "open" accepts any well-formed SigV4 signature without checking keys (checks come later)
+    # "open" accepts any well-formed SigV4 signature without checking keys (loopback only);
+    # "iam" verifies every signature against the keys Salvia issued and evaluates policies
     auth_mode: str = "open"
+    # lets "open" serve a non-loopback address: anyone who can reach it can do anything
+    insecure_open_access: bool = False
     log_level: str = "info"
     # where job instances run: "local" processes or a "ray" cluster
     executor: str = "local"
@@ -83,8 +87,15 @@ class Settings:
             raise ValueError(f"account_id must be 12 digits, got {self.account_id!r}")
         if not _REGION.fullmatch(self.region):
             raise ValueError(f"region must look like us-east-1, got {self.region!r}")
-        if self.auth_mode not in {"open"}:
-            raise ValueError(f"auth_mode must be 'open', got {self.auth_mode!r}")
+        if self.auth_mode not in {"open", "iam"}:
+            raise ValueError(f"auth_mode must be 'open' or 'iam', got {self.auth_mode!r}")
+        if self.auth_mode == "open" and not _loopback(self.host) and not self.insecure_open_access:
+            raise ValueError(
+                f"refusing to listen on {self.host} without authentication: open mode accepts "
+                "any signature, so it is allowed only on a loopback address. Use auth_mode "
+                "'iam' (SALVIA_AUTH_MODE=iam), or pass --insecure-open-access to accept that "
+                "anyone who can reach this address can do anything"
+            )
         if self.executor not in {"local", "ray"}:
             raise ValueError(f"executor must be 'local' or 'ray', got {self.executor!r}")
         if not self.serverless_idle_seconds > 0:
@@ -113,6 +124,7 @@ _ENV = {
     "SALVIA_S3_ACCESS_KEY_ID": "s3_access_key_id",
     "SALVIA_S3_SECRET_ACCESS_KEY": "s3_secret_access_key",
     "SALVIA_AUTH_MODE": "auth_mode",
+    "SALVIA_INSECURE_OPEN_ACCESS": "insecure_open_access",
     "SALVIA_LOG_LEVEL": "log_level",
     "SALVIA_EXECUTOR": "executor",
     "SALVIA_RAY_ADDRESS": "ray_address",
@@ -129,9 +141,20 @@ def _coerce(name: str, value: Any) -> Any:
         return Path(str(value)).expanduser().resolve()
     if name == "port":
         return int(value)
+    if name == "insecure_open_access":
+        return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
     if name in ("autoscaling_period", "async_scale_in_seconds", "serverless_idle_seconds"):
         return float(value)
     return str(value)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -114,3 +114,39 @@ class InvalidNextTokenException(SalviaError):
     """Application Auto Scaling's answer to a NextToken it did not issue for this request."""
 
     code = "InvalidNextTokenException"
+
+
+class NoSuchEntity(SalviaError):
+    """IAM's "not found": no such user, group, role, policy or access key."""
+
+    code = "NoSuchEntity"
+
+
+class EntityAlreadyExists(SalviaError):
+    """IAM's duplicate name."""
+
+    code = "EntityAlreadyExists"
+
+
+class MalformedPolicyDocument(SalviaError):
+    """A policy document IAM's language does not accept."""
+
+    code = "MalformedPolicyDocument"
+
+
+class DeleteConflict(SalviaError):
+    """IAM refuses to delete an entity that still has keys, members or attachments."""
+
+    code = "DeleteConflict"
+
+
+class InvalidInput(SalviaError):
+    """IAM's and STS's generic bad input."""
+
+    code = "InvalidInput"
+
+
+class AccessDenied(SalviaError):
+    """A request that the caller's policies do not allow (STS and IAM say AccessDenied)."""
+
+    code = "AccessDenied"

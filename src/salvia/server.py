@@ -18,6 +18,7 @@ from botocore.model import ServiceModel
 
 from salvia import __version__
 from salvia.algorithms.registry import register_runtimes as register_algorithm_runtimes
+from salvia.api.access_control import AccessControl, install_access_control
 from salvia.api.json_protocol import JsonProtocol
 from salvia.api.rest_protocol import RestJsonProtocol
 from salvia.api.router import Router
@@ -91,6 +92,7 @@ class Platform:
     tracking: TrackingServers
     processing: ProcessingEngine
     tuning: TuningEngine | None = None
+    access: AccessControl | None = None
 
     def start(self, public_url: str) -> None:
         """Begin background work: jobs and endpoints a previous server left are re-attached."""
@@ -116,6 +118,8 @@ class Platform:
         self.serving.shutdown()
         self.capture.close()
         self.training.ctx.executor.close()
+        if self.access is not None:
+            self.access.close()
         self.store.close()
         self.objects.close()
 
@@ -217,7 +221,11 @@ def create_platform(settings: Settings) -> Platform:
         fallback=S3Protocol(objects, settings.runtime_dir / "s3", region=settings.region),
         runtime=runtime,
     )
+    access = install_access_control(app, settings, store, run, service_model)
+    if access.guard is not None:
+        training.ctx.role_credentials = access.role_credentials
     return Platform(
+        access=access,
         settings=settings,
         store=store,
         objects=objects,
@@ -235,12 +243,28 @@ def create_platform(settings: Settings) -> Platform:
     )
 
 
+def _announce_admin_key(platform: Platform) -> None:
+    """On the first start in authenticated mode: the administrator's key, shown this once."""
+    issued = platform.access.bootstrap() if platform.access is not None else None
+    if issued is None:
+        return
+    print(
+        "Salvia runs in authenticated mode and has created its administrator (IAM user "
+        f"'{issued['UserName']}'). Its access key is shown this once; the secret is stored "
+        "encrypted and cannot be shown again:\n"
+        f"  AWS_ACCESS_KEY_ID={issued['AccessKeyId']}\n"
+        f"  AWS_SECRET_ACCESS_KEY={issued['SecretAccessKey']}",
+        flush=True,
+    )
+
+
 def serve(settings: Settings) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM, then shut down cleanly."""
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     platform = create_platform(settings)
+    _announce_admin_key(platform)
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))

@@ -1,17 +1,41 @@
-"""SigV4 `Authorization` headers: parsed (and so rejected when malformed), not yet verified.
+"""SigV4: `Authorization` headers parsed, and requests verified the way botocore signs them.
 
-In the default "open" mode any well-formed signature is accepted; checking keys comes later.
+`parse_authorization` only checks the header's shape (what "open" mode needs). `SigV4Verifier`
+recomputes the signature of a request from its canonical form (method, URI, query, signed headers,
+payload hash), the string to sign and the derived signing key, exactly as botocore's `SigV4Auth`
+(`S3SigV4Auth` for the `s3` signing name: its path is not normalized) and its presigning
+counterparts build them. Derived keys are cached per (secret, date, region, service), so a request
+costs two HMACs and one SHA-256 of the canonical request.
+
+Failures raise `SignatureRefused`, whose `code` is the JSON protocols' wire code and `s3_code` the
+one S3 answers in its XML.
 """
 
 from __future__ import annotations
 
+import calendar
+import hashlib
+import hmac
 import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from botocore.utils import normalize_url_path
 
 from salvia.errors import IncompleteSignature
 
 ALGORITHM = "AWS4-HMAC-SHA256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+STREAMING_PAYLOAD = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+# AWS refuses a request whose X-Amz-Date is further than this from its own clock: the limit on
+# how long a captured request can be replayed.
+MAX_SKEW_SECONDS = 5 * 60
+MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
+_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +46,46 @@ class Credential:
     service: str
 
 
+class SignatureRefused(Exception):
+    """A request whose signature does not hold; codes for the JSON protocols and for S3."""
+
+    def __init__(self, code: str, message: str, s3_code: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.code, self.message, self.s3_code, self.status = code, message, s3_code, status
+
+
+def unknown_key(access_key: str) -> SignatureRefused:
+    return SignatureRefused(
+        "UnrecognizedClientException",
+        "The security token included in the request is invalid.",
+        "InvalidAccessKeyId",
+    )
+
+
+def _mismatch() -> SignatureRefused:
+    return SignatureRefused(
+        "InvalidSignatureException",
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your AWS Secret Access Key and signing method. Consult the service documentation "
+        "for details.",
+        "SignatureDoesNotMatch",
+    )
+
+
+def _incomplete(message: str) -> SignatureRefused:
+    return SignatureRefused(
+        "IncompleteSignatureException", message, "AuthorizationHeaderMalformed", 400
+    )
+
+
 def parse_authorization(header: str | None) -> Credential | None:
     """The credential scope of a SigV4 header; None for an unsigned request."""
     if header is None:
         return None
+    return _parse_header(header)[0]
+
+
+def _parse_header(header: str) -> tuple[Credential, list[str], str]:
     algorithm, _, rest = header.strip().partition(" ")
     if algorithm != ALGORITHM:
         raise IncompleteSignature(
@@ -40,15 +100,348 @@ def parse_authorization(header: str | None) -> Credential | None:
     if missing:
         needs = " ".join(f"Authorization header requires '{p}' parameter." for p in missing)
         raise IncompleteSignature(needs)
-    scope = params["Credential"].split("/")
+    credential = _scope(params["Credential"])
+    signature = params["Signature"]
+    if not _SIGNATURE.fullmatch(signature):
+        raise IncompleteSignature("Signature must be 64 lowercase hexadecimal characters.")
+    return credential, params["SignedHeaders"].split(";"), signature
+
+
+def _scope(text: str) -> Credential:
+    scope = text.split("/")
     if len(scope) != 5 or scope[4] != "aws4_request" or not all(scope):
         raise IncompleteSignature(
             "Credential should be scoped to a valid region, date, service and 'aws4_request'."
         )
-    signature = params["Signature"]
-    if not _SIGNATURE.fullmatch(signature):
-        raise IncompleteSignature("Signature must be 64 lowercase hexadecimal characters.")
     date = scope[1]
     if len(date) != 8 or not date.isdigit():
         raise IncompleteSignature(f"Credential date {date[:20]!r} is not in yyyyMMdd form.")
     return Credential(access_key=scope[0], date=date, region=scope[2], service=scope[3])
+
+
+@dataclass(slots=True)
+class SignedRequest:
+    """What a request claims: who signed, when, over which headers, with which signature."""
+
+    credential: Credential
+    amz_date: str
+    signed_headers: list[str]
+    signature: str
+    presigned: bool
+    payload_hash: str | None  # x-amz-content-sha256 when sent (always for S3), else None
+    security_token: str | None
+    expires: int = 0  # presigned URLs: seconds (SigV4) or the epoch second they end (SigV2)
+    version: int = 4  # 2: S3's legacy query-string signature, which boto3 presigns by default
+
+    @property
+    def timestamp(self) -> float:
+        if self.version == 2:
+            return float(self.expires)
+        return float(calendar.timegm(time.strptime(self.amz_date, "%Y%m%dT%H%M%SZ")))
+
+
+def read_signature(
+    headers: Sequence[tuple[bytes, bytes]], query: Sequence[tuple[str, str]]
+) -> SignedRequest | None:
+    """The claimed signature of a request (header or presigned query); None when unsigned.
+
+    Malformed claims raise `IncompleteSignature`."""
+    authorization = amz_date = content_sha = token = date_header = None
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"x-amz-date":
+            amz_date = value.decode("latin-1")
+        elif name == b"x-amz-content-sha256":
+            content_sha = value.decode("latin-1")
+        elif name == b"x-amz-security-token":
+            token = value.decode("latin-1")
+        elif name == b"date":
+            date_header = value.decode("latin-1")
+    if authorization is not None:
+        credential, signed, signature = _parse_header(authorization)
+        if amz_date is None and date_header is not None:
+            amz_date = _from_http_date(date_header)
+        if amz_date is None or not _AMZ_DATE.fullmatch(amz_date):
+            raise IncompleteSignature(
+                "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' "
+                "header."
+            )
+        return SignedRequest(credential, amz_date, signed, signature, False, content_sha, token)
+    params = dict(query)
+    if params.get("X-Amz-Algorithm") is None and params.get("X-Amz-Signature") is None:
+        if "AWSAccessKeyId" in params or "Signature" in params:
+            return _legacy_presigned(params)
+        return None
+    if params.get("X-Amz-Algorithm") != ALGORITHM:
+        raise IncompleteSignature(f"X-Amz-Algorithm must be {ALGORITHM}.")
+    missing = [
+        p
+        for p in ("X-Amz-Credential", "X-Amz-Date", "X-Amz-SignedHeaders", "X-Amz-Signature")
+        if not params.get(p)
+    ]
+    if missing:
+        raise IncompleteSignature(f"Query-string authentication requires {', '.join(missing)}.")
+    if not _AMZ_DATE.fullmatch(params["X-Amz-Date"]):
+        raise IncompleteSignature("X-Amz-Date must be in the ISO8601 basic format.")
+    expires = params.get("X-Amz-Expires", "")
+    if not expires.isdigit() or not 0 < int(expires) <= MAX_PRESIGN_EXPIRES:
+        raise IncompleteSignature(
+            f"X-Amz-Expires must be a number of seconds from 1 to {MAX_PRESIGN_EXPIRES}."
+        )
+    if not _SIGNATURE.fullmatch(params["X-Amz-Signature"]):
+        raise IncompleteSignature("Signature must be 64 lowercase hexadecimal characters.")
+    return SignedRequest(
+        _scope(params["X-Amz-Credential"]),
+        params["X-Amz-Date"],
+        params["X-Amz-SignedHeaders"].split(";"),
+        params["X-Amz-Signature"],
+        True,
+        UNSIGNED_PAYLOAD,
+        params.get("X-Amz-Security-Token"),
+        int(expires),
+    )
+
+
+def _legacy_presigned(params: dict[str, str]) -> SignedRequest:
+    missing = [p for p in ("AWSAccessKeyId", "Signature", "Expires") if not params.get(p)]
+    if missing or not params["Expires"].isdigit():
+        raise IncompleteSignature(
+            "Query-string authentication requires the Signature, Expires and AWSAccessKeyId "
+            "parameters"
+        )
+    return SignedRequest(
+        Credential(params["AWSAccessKeyId"], "", "", "s3"),
+        "",
+        [],
+        params["Signature"],
+        True,
+        UNSIGNED_PAYLOAD,
+        params.get("x-amz-security-token"),
+        int(params["Expires"]),
+        version=2,
+    )
+
+
+# botocore's HmacV1Auth.QSAOfInterest: the sub-resources that S3's legacy signature covers
+_SUBRESOURCES = frozenset(
+    (
+        "accelerate", "acl", "cors", "defaultObjectAcl", "location", "logging", "partNumber",
+        "policy", "requestPayment", "torrent", "versioning", "versionId", "versions", "website",
+        "uploads", "uploadId", "response-content-type", "response-content-language",
+        "response-expires", "response-cache-control", "response-content-disposition",
+        "response-content-encoding", "delete", "lifecycle", "tagging", "restore", "storageClass",
+        "notification", "replication", "analytics", "metrics", "inventory", "select",
+        "select-type", "object-lock",
+    )
+)  # fmt: skip
+
+
+def legacy_expected(secret: str, method: str, raw_path: str, raw_query: str) -> str:
+    """The signature of an S3 SigV2 presigned URL (botocore's HmacV1QueryAuth)."""
+    import base64
+
+    pairs = [pair.split("=", 1) for pair in raw_query.split("&") if pair]
+    params = {pair[0]: unquote(pair[1]) if len(pair) > 1 else "" for pair in pairs}
+    amz = sorted(
+        (k.lower(), v.strip()) for k, v in params.items() if k.lower().startswith("x-amz-")
+    )
+    lines = [method, params.get("content-md5", ""), params.get("content-type", ""),
+             params.get("Expires", "")]  # fmt: skip
+    lines += [f"{key}:{value}" for key, value in amz]
+    resource = raw_path
+    chosen = sorted(
+        (p[0], unquote(p[1])) if len(p) > 1 else (p[0],) for p in pairs if p[0] in _SUBRESOURCES
+    )
+    if chosen:
+        resource += "?" + "&".join("=".join(item) for item in chosen)
+    lines.append(resource)
+    digest = hmac.new(secret.encode(), "\n".join(lines).encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _from_http_date(value: str) -> str | None:
+    import email.utils
+
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed.strftime("%Y%m%dT%H%M%SZ")
+
+
+def _quote_query(text: str) -> str:
+    return quote(unquote(text), safe="-_.~")
+
+
+def canonical_query(raw_query: str, presigned: bool) -> str:
+    pairs = []
+    for pair in raw_query.split("&") if raw_query else ():
+        key, _, value = pair.partition("=")
+        if presigned and key == "X-Amz-Signature":
+            continue
+        pairs.append((_quote_query(key.replace("+", " ")), _quote_query(value.replace("+", " "))))
+    return "&".join(f"{key}={value}" for key, value in sorted(pairs))
+
+
+def canonical_request(
+    method: str,
+    raw_path: str,
+    raw_query: str,
+    headers: Sequence[tuple[bytes, bytes]],
+    signed: SignedRequest,
+    payload_hash: str,
+) -> str:
+    if signed.credential.service == "s3":
+        path = raw_path or "/"
+    else:
+        path = quote(normalize_url_path(raw_path or "/"), safe="/~")
+    # the signed headers as the client listed them: botocore sorts them, and a list in any
+    # other order (or naming a header twice) signs a different canonical request
+    wanted = set(signed.signed_headers)
+    values: dict[str, list[str]] = {}
+    for name, value in headers:
+        key = name.decode("latin-1")
+        if key in wanted:
+            values.setdefault(key, []).append(" ".join(value.decode("latin-1").split()))
+    if len(values) != len(signed.signed_headers):
+        raise _mismatch()
+    lines = "\n".join(f"{name}:{','.join(values[name])}" for name in signed.signed_headers)
+    return "\n".join(
+        (
+            method,
+            path,
+            canonical_query(raw_query, signed.presigned),
+            lines + "\n",
+            ";".join(signed.signed_headers),
+            payload_hash,
+        )
+    )
+
+
+class SigV4Verifier:
+    """Checks signatures against known secrets. Thread-safe (its caches only grow by whole
+    entries, and a lost race recomputes the same key)."""
+
+    def __init__(self, max_skew_seconds: float = MAX_SKEW_SECONDS) -> None:
+        self.max_skew = max_skew_seconds
+        self._keys: dict[tuple[str, str, str, str], bytes] = {}
+
+    def signing_key(self, secret: str, credential: Credential) -> bytes:
+        cache_key = (secret, credential.date, credential.region, credential.service)
+        key = self._keys.get(cache_key)
+        if key is None:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            key = _hmac(f"AWS4{secret}".encode(), credential.date)
+            for part in (credential.region, credential.service, "aws4_request"):
+                key = _hmac(key, part)
+            self._keys[cache_key] = key
+        return key
+
+    def check_time(self, signed: SignedRequest, now: float) -> None:
+        if signed.version == 2:
+            if now > signed.expires:
+                raise SignatureRefused(
+                    "AccessDeniedException", "Request has expired", "AccessDenied"
+                )
+            return
+        if signed.amz_date[:8] != signed.credential.date:
+            raise _mismatch()
+        when = signed.timestamp
+        if signed.presigned:
+            if now > when + signed.expires:
+                raise SignatureRefused(
+                    "AccessDeniedException", "Request has expired", "AccessDenied"
+                )
+            if when - now > self.max_skew:
+                raise SignatureRefused(
+                    "InvalidSignatureException",
+                    "Request is not valid yet",
+                    "AccessDenied",
+                )
+            return
+        if abs(now - when) > self.max_skew:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+            earliest = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now - self.max_skew))
+            latest = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now + self.max_skew))
+            raise SignatureRefused(
+                "InvalidSignatureException",
+                f"Signature expired: {signed.amz_date} is now earlier than {earliest} "
+                f"({stamp} - 5 min.)"
+                if when < now
+                else f"Signature not yet current: {signed.amz_date} is still later than {latest} "
+                f"({stamp} + 5 min.)",
+                "RequestTimeTooSkewed",
+            )
+
+    def expected(
+        self,
+        secret: str,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        signed: SignedRequest,
+        payload_hash: str,
+    ) -> str:
+        request = canonical_request(method, raw_path, raw_query, headers, signed, payload_hash)
+        credential = signed.credential
+        scope = f"{credential.date}/{credential.region}/{credential.service}/aws4_request"
+        to_sign = "\n".join(
+            (ALGORITHM, signed.amz_date, scope, hashlib.sha256(request.encode()).hexdigest())
+        )
+        key = self.signing_key(secret, credential)
+        return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+    def verify(
+        self,
+        secret: str,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        signed: SignedRequest,
+        payload_hash: str,
+    ) -> None:
+        if signed.version == 2:
+            wanted = legacy_expected(secret, method, raw_path, raw_query)
+            if not hmac.compare_digest(wanted, signed.signature):
+                raise _mismatch()
+            return
+        if "host" not in signed.signed_headers:
+            raise _mismatch()
+        wanted = self.expected(secret, method, raw_path, raw_query, headers, signed, payload_hash)
+        if not hmac.compare_digest(wanted, signed.signature):
+            raise _mismatch()
+
+    def chunk_signature(
+        self, secret: str, signed: SignedRequest, previous: str, chunk: bytes
+    ) -> str:
+        """The signature of one chunk of a `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` body."""
+        credential = signed.credential
+        scope = f"{credential.date}/{credential.region}/{credential.service}/aws4_request"
+        to_sign = "\n".join(
+            (
+                "AWS4-HMAC-SHA256-PAYLOAD",
+                signed.amz_date,
+                scope,
+                previous,
+                EMPTY_SHA256,
+                hashlib.sha256(chunk).hexdigest(),
+            )
+        )
+        key = self.signing_key(secret, credential)
+        return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def _hmac(key: bytes, message: str) -> bytes:
+    return hmac.new(key, message.encode(), hashlib.sha256).digest()
+
+
+def chunk_mismatch() -> SignatureRefused:
+    return _mismatch()
+
+
+def incomplete(message: str) -> SignatureRefused:
+    return _incomplete(message)

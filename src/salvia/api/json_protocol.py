@@ -92,7 +92,7 @@ class JsonProtocol:
             )
 
     async def _dispatch(self, request: Request, target: str) -> tuple[dict[str, Any], Any]:
-        prefix, _, name = target.partition(".")
+        prefix, _, name = target.rpartition(".")
         if prefix != self.prefix or name not in self._names:
             raise UnknownOperationException(f"Operation {target[:200]} is not recognized.")
         parse_authorization(request.headers.get("authorization"))

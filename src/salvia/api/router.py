@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from salvia.api.errors import error_response, new_request_id
 from salvia.api.json_protocol import JsonProtocol
+from salvia.api.query_protocol import QueryProtocol
 from salvia.api.rest_protocol import RestJsonProtocol
 from salvia.api.runtime import RuntimeProtocol
 from salvia.errors import UnknownOperationException
@@ -27,6 +28,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
+Guard = Callable[[Scope, Receive, Send, ASGIApp, "Router"], Awaitable[None]]
 
 
 def _is_aws_json(scope: Scope) -> bool:
@@ -34,6 +36,14 @@ def _is_aws_json(scope: Scope) -> bool:
     for name, value in scope["headers"]:
         if name == b"content-type":
             return value.startswith(b"application/x-amz-json")
+    return False
+
+
+def _is_form(scope: Scope) -> bool:
+    """IAM's and STS's query protocol posts a form; S3 never posts one to `/`."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.startswith(b"application/x-www-form-urlencoded")
     return False
 
 
@@ -45,6 +55,7 @@ class Router:
         rest_services: Sequence[RestJsonProtocol],
         fallback: ASGIApp | None,
         runtime: RuntimeProtocol | None = None,
+        guard: Guard | None = None,
         on_startup: Sequence[Hook] = (),
         on_shutdown: Sequence[Hook] = (),
     ) -> None:
@@ -52,6 +63,8 @@ class Router:
         self.rest_services = list(rest_services)
         self.fallback = fallback
         self.runtime = runtime
+        self.guard = guard  # authenticates and authorizes every request (authenticated mode)
+        self.query: QueryProtocol | None = None  # IAM and STS, added with access control
         self.on_startup = list(on_startup)
         self.on_shutdown = list(on_shutdown)
 
@@ -61,6 +74,12 @@ class Router:
             return
         if scope["type"] != "http":
             return
+        if self.guard is not None:
+            await self.guard(scope, receive, send, self._serve, self)
+            return
+        await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self._route(scope, receive)
         if response is None:
             assert self.fallback is not None
@@ -75,12 +94,14 @@ class Router:
                 target = value.decode("latin-1")
                 break
         if target is not None:
-            service = self.json_services.get(target.partition(".")[0])
+            service = self.json_services.get(target.rpartition(".")[0])
             if service is None:
                 error = UnknownOperationException(f"Operation {target[:200]} is not recognized.")
                 return error_response(error, new_request_id())
             return await service.handle(Request(scope, receive), target)
         method, path = scope["method"], scope["path"]
+        if self.query is not None and method == "POST" and path == "/" and _is_form(scope):
+            return await self.query.handle(Request(scope, receive))
         if method == "POST" and path == "/" and _is_aws_json(scope):
             error = UnknownOperationException("The X-Amz-Target header is missing.")
             return error_response(error, new_request_id())

@@ -19,6 +19,11 @@ XML_CONTENT_TYPE = "application/xml"
 # HTTP status of each S3 error code Salvia answers.
 S3_STATUS: dict[str, int] = {
     "AccessDenied": 403,
+    "AuthorizationHeaderMalformed": 400,
+    "InvalidAccessKeyId": 403,
+    "RequestTimeTooSkewed": 403,
+    "SignatureDoesNotMatch": 403,
+    "XAmzContentSHA256Mismatch": 400,
     "BadDigest": 400,
     "BucketAlreadyExists": 409,
     "BucketAlreadyOwnedByYou": 409,

@@ -39,7 +39,17 @@ def _client(args: argparse.Namespace, service: str = "sagemaker") -> Any:
 def cmd_server(args: argparse.Namespace) -> int:
     from salvia.server import serve
 
-    settings = load_settings(home=args.home, host=args.host, port=args.port)
+    try:
+        settings = load_settings(
+            home=args.home,
+            host=args.host,
+            port=args.port,
+            auth_mode=args.auth_mode,
+            insecure_open_access=True if args.insecure_open_access else None,
+        )
+    except ValueError as error:
+        print(f"salvia server: {error}", file=sys.stderr)
+        return 2
     if args.demo:
         threading.Thread(target=_seed_demo_when_ready, args=(settings,), daemon=True).start()
     serve(settings)
@@ -243,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, help=f"port to listen on (default {DEFAULT_PORT})")
     server.add_argument("--home", default=argparse.SUPPRESS, help="home directory")
     server.add_argument("--demo", action="store_true", help="seed a demo experiment once up")
+    server.add_argument(
+        "--auth-mode",
+        choices=("open", "iam"),
+        help="'iam' verifies every signature and evaluates policies; 'open' (the default) "
+        "accepts any well-formed signature and is allowed only on loopback",
+    )
+    server.add_argument(
+        "--insecure-open-access",
+        action="store_true",
+        help="DANGEROUS: serve a non-loopback address in open mode, where anyone who can "
+        "reach it can do anything",
+    )
     server.set_defaults(func=cmd_server)
 
     status = commands.add_parser("status", help="report what is running")

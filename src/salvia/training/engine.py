@@ -40,6 +40,9 @@ class EngineContext:
     public_url: str = ""
     # called once a job has ended, with its final record (experiment trial components, ...)
     on_finished: Callable[[Record], None] | None = None
+    # authenticated mode: (role ARN, job name) -> the role's temporary credentials as the
+    # AWS_* variables, so what a job may do with them is what its execution role allows
+    role_credentials: Callable[[str, str], dict[str, str]] | None = None
 
     @property
     def jobs_dir(self) -> Path:

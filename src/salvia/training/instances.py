@@ -79,6 +79,8 @@ def base_environment(ctx: EngineContext, record: Record) -> dict[str, str]:
             AWS_ENDPOINT_URL_S3=ctx.public_url,
             S3_ENDPOINT_URL=ctx.public_url,
         )
+    if ctx.role_credentials is not None and record.body.get("RoleArn"):
+        env.update(ctx.role_credentials(record.body["RoleArn"], record.name))
     env.update(record.body.get("Environment") or {})
     if "MLFLOW_TRACKING_URI" in env:  # a managed tracking server's ARN means its URL
         env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(ctx.store, env["MLFLOW_TRACKING_URI"])

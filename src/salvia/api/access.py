@@ -1,0 +1,632 @@
+"""The access guard: every request of the authenticated mode passes here before any protocol.
+
+It verifies the request's SigV4 signature against the key's secret (header or presigned query;
+the body's hash for the JSON, query and REST protocols, `x-amz-content-sha256` for S3, whose body
+is then checked as it streams, chunk signatures included), refuses what is older than the skew
+limit or a replay of a mutating request, evaluates the caller's policies on the (action,
+resource) pairs the request asks for, and records mutating calls and refusals in the audit trail.
+Refusals are answered in the shape of the protocol the request was meant for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote
+from xml.etree import ElementTree as ET
+
+import orjson
+from starlette.responses import Response
+
+from salvia.api import access_map
+from salvia.api import s3_xml as xml
+from salvia.api.auth import (
+    EMPTY_SHA256,
+    STREAMING_PAYLOAD,
+    UNSIGNED_PAYLOAD,
+    SignatureRefused,
+    SignedRequest,
+    SigV4Verifier,
+    read_signature,
+    unknown_key,
+)
+from salvia.api.errors import new_request_id
+from salvia.api.s3_xml import S3Error
+from salvia.config import Settings
+from salvia.errors import IncompleteSignature
+from salvia.iam import (
+    ALLOW,
+    AuditEvent,
+    AuditTrail,
+    IdentityStore,
+    Principal,
+    RequestContext,
+    current_principal,
+    evaluate,
+)
+
+if TYPE_CHECKING:
+    from salvia.api.router import Router
+
+Scope = Any
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MAX_BODY = 6 * 1024 * 1024 + 1024
+_HEX64 = frozenset("0123456789abcdef")
+# the error codes of the query protocols (IAM, STS) for the JSON protocols' codes
+_QUERY_CODES = {
+    "UnrecognizedClientException": "InvalidClientTokenId",
+    "InvalidSignatureException": "SignatureDoesNotMatch",
+    "IncompleteSignatureException": "IncompleteSignature",
+    "MissingAuthenticationTokenException": "MissingAuthenticationToken",
+    "AccessDeniedException": "AccessDenied",
+}
+
+
+@dataclass
+class _Call:
+    """One request as the guard sees it."""
+
+    kind: str  # "json" | "query" | "rest" | "runtime" | "s3"
+    service: str = ""  # IAM's service prefix for json calls ("sagemaker", "logs", ...)
+    operation: str = ""
+    body: bytes | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    read_only: bool = True
+    access: list[tuple[str, str]] = field(default_factory=list)
+    principal: Principal | None = None
+    access_key: str = ""
+    secret: str = ""
+    needs_body: bool = True
+
+
+def _refusal(code: str, message: str, s3_code: str = "AccessDenied", status: int = 403) -> Any:
+    return SignatureRefused(code, message, s3_code, status)
+
+
+class AccessGuard:
+    """Authenticates and authorizes; thread-safe (its caches hold whole entries)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        identities: IdentityStore,
+        audit: AuditTrail,
+        tags_of: Callable[[str], list[tuple[str, str]]],
+        virtual_host_suffixes: tuple[str, ...] = ("localhost",),
+    ) -> None:
+        self.settings = settings
+        self.identities = identities
+        self.audit = audit
+        self.tags_of = tags_of
+        self.verifier = SigV4Verifier()
+        self.suffixes = virtual_host_suffixes
+        self._seen: dict[str, float] = {}  # signatures of mutating requests -> when they expire
+
+    # -- the request path ------------------------------------------------------------------
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, app: App, router: Router
+    ) -> None:
+        call = self._classify(scope, router)
+        if call is None:  # health checks, Prometheus scrapes, Studio's own pages
+            await app(scope, receive, send)
+            return
+        try:
+            if call.needs_body:
+                call.body = await _read(receive)
+                if call.kind == "query":
+                    call.params = dict(parse_qsl(call.body.decode("utf-8", "replace")))
+                    call.operation = str(call.params.get("Action", ""))
+            signed = self._authenticate(scope, call)
+            self._authorize(scope, call)
+        except (SignatureRefused, IncompleteSignature) as error:
+            refusal = (
+                _refusal(error.code, error.message, "AuthorizationHeaderMalformed", 400)
+                if isinstance(error, IncompleteSignature)
+                else error
+            )
+            code = refusal.s3_code if call.kind == "s3" else refusal.code
+            self._record(scope, call, code, refusal.message)
+            await self._refuse(call, refusal)(scope, receive, send)
+            return
+        if call.body is not None:
+            receive = _replay(call.body, receive)
+        elif call.kind == "s3":
+            receive = self._checked_body(call, signed, receive)
+        status: list[int] = []
+        error_type: list[str] = []
+
+        async def watch(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"x-amzn-errortype":
+                        error_type.append(value.decode("latin-1"))
+            await send(message)
+
+        token = current_principal.set(call.principal)
+        try:
+            await app(scope, receive, watch if not call.read_only else send)
+        finally:
+            current_principal.reset(token)
+            if not call.read_only:
+                code = status[0] if status else 500
+                outcome = "Success" if code < 400 else (error_type or [f"HTTP{code}"])[0]
+                self._record(scope, call, outcome)
+
+    def _classify(self, scope: Scope, router: Router) -> _Call | None:
+        method, path = scope["method"], scope["path"]
+        headers = scope["headers"]
+        if path == "/healthz" and method in ("GET", "HEAD"):
+            return None
+        target = content_type = None
+        signed = False
+        for name, value in headers:
+            if name == b"x-amz-target":
+                target = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"authorization":
+                signed = True
+        if not signed and b"X-Amz-Signature=" not in scope.get("query_string", b""):
+            if path == "/metrics" and method == "GET":
+                return None  # Prometheus does not sign; the figures are counts, not data
+            if getattr(router, "studio", None) is not None and (
+                path == "/studio" or path.startswith("/studio/")
+            ):
+                return None  # Studio signs its users in itself
+        if target is not None:
+            prefix, _, operation = target.rpartition(".")
+            service = router.json_services.get(prefix)
+            name = service.model.metadata.get("signingName") if service else None
+            return _Call("json", str(name or prefix.lower()), operation)
+        if (
+            method == "POST"
+            and path == "/"
+            and content_type is not None
+            and content_type.startswith(b"application/x-www-form-urlencoded")
+        ):
+            return _Call("query")
+        if router.runtime is not None and router.runtime.endpoint_of(method, path) is not None:
+            return _Call("runtime")
+        for rest in router.rest_services:
+            found = rest.match(method, path)
+            if found is not None:
+                return _Call("rest", "sagemaker", found[0].name)
+        # S3 bodies stream through; DeleteObjects' is read for its keys, each one checked
+        deleting = method == "POST" and b"delete" in scope.get("query_string", b"")
+        return _Call("s3", needs_body=deleting)
+
+    # -- authentication --------------------------------------------------------------------
+    def _authenticate(self, scope: Scope, call: _Call) -> SignedRequest:
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        query = parse_qsl(raw_query, keep_blank_values=True)
+        signed = read_signature(scope["headers"], query)
+        if signed is None:
+            if call.kind == "s3":
+                raise _refusal("AccessDeniedException", "Access Denied", "AccessDenied")
+            raise _refusal(
+                "MissingAuthenticationTokenException",
+                "Missing Authentication Token",
+                "AccessDenied",
+            )
+        call.access_key = signed.credential.access_key
+        found = self.identities.credentials(signed.credential.access_key, signed.security_token)
+        if found is None:
+            raise unknown_key(signed.credential.access_key)
+        secret, principal = found
+        call.principal = principal
+        now = time.time()
+        self.verifier.check_time(signed, now)
+        raw_path = (scope.get("raw_path") or quote(scope["path"]).encode()).decode("latin-1")
+        raw_path = raw_path.split("?", 1)[0]
+        if call.body is not None and call.kind != "s3":
+            digest = hashlib.sha256(call.body).hexdigest()
+            claimed = signed.payload_hash
+            if claimed is not None and claimed != UNSIGNED_PAYLOAD and claimed != digest:
+                raise _refusal(
+                    "InvalidSignatureException",
+                    "The provided 'x-amz-content-sha256' header does not match what was computed.",
+                    "XAmzContentSHA256Mismatch",
+                    400,
+                )
+            payload = claimed if claimed is not None else digest
+        else:
+            payload = signed.payload_hash or ""
+            if not payload:
+                raise _refusal(
+                    "InvalidRequest",
+                    "Missing required header for this request: x-amz-content-sha256",
+                    "InvalidRequest",
+                    400,
+                )
+        self.verifier.verify(
+            secret, scope["method"], raw_path, raw_query, scope["headers"], signed, payload
+        )
+        self._classify_reads(scope, call)
+        if not call.read_only and not signed.presigned and call.kind != "s3":
+            self._check_replay(signed.signature, signed.timestamp)
+        call.secret = secret
+        return signed
+
+    def _classify_reads(self, scope: Scope, call: _Call) -> None:
+        if call.kind in ("json", "rest", "query"):
+            call.read_only = access_map.is_read_only(call.operation)
+        elif call.kind == "runtime":
+            call.read_only = True  # invocations are the hot path, never audited on success
+        else:
+            call.read_only = scope["method"] in ("GET", "HEAD")
+
+    def _check_replay(self, signature: str, timestamp: float) -> None:
+        now = time.time()
+        if len(self._seen) > 100_000:
+            self._seen = {s: t for s, t in self._seen.items() if t > now}
+        expiry = self._seen.get(signature)
+        if expiry is not None and expiry > now:
+            raise _refusal(
+                "InvalidSignatureException",
+                "Signature already used: a signed request that changes state is accepted once.",
+                "AccessDenied",
+            )
+        self._seen[signature] = timestamp + self.verifier.max_skew + 1
+
+    # -- authorization ---------------------------------------------------------------------
+    def _authorize(self, scope: Scope, call: _Call) -> None:
+        principal = call.principal
+        assert principal is not None
+        context_values = self._context(scope, principal)
+        access = self._access(scope, call, context_values)
+        call.access = access
+        for action, resource in access:
+            if action == "iam:PassRole" and self.identities.role_by_arn(resource) is None:
+                raise _refusal(
+                    "ValidationException",
+                    f"Could not assume role {resource}. Please ensure that the role exists and "
+                    "allows principal 'sagemaker.amazonaws.com' to assume the role.",
+                    "InvalidArgument",
+                    400,
+                )
+        if principal.unrestricted:
+            return
+        tags: dict[str, dict[str, str]] = {}
+
+        def resolve(key: str, resource: str) -> list[str] | None:
+            prefix, _, tag = key.partition("/")
+            if prefix not in ("aws:resourcetag", "sagemaker:resourcetag") or not tag:
+                return None
+            if resource not in tags:
+                tags[resource] = dict(self.tags_of(resource)) if resource != "*" else {}
+            value = tags[resource].get(tag)
+            return None if value is None else [value]
+
+        ctx = RequestContext(context_values, resolve)
+        for action, resource in access:
+            decision, _ = evaluate(principal.policies, action, resource, ctx)
+            if decision != ALLOW:
+                how = (
+                    "an explicit deny" if decision != "ImplicitDeny" else "no identity-based policy"
+                )
+                raise _refusal(
+                    "AccessDeniedException",
+                    f"User: {principal.arn} is not authorized to perform: {action} on resource: "
+                    f"{resource} because {how} allows it"
+                    if decision == "ImplicitDeny"
+                    else f"User: {principal.arn} is not authorized to perform: {action} on "
+                    f"resource: {resource} with an explicit deny in an identity-based policy",
+                    "AccessDenied",
+                )
+
+    def _context(self, scope: Scope, principal: Principal) -> dict[str, list[str]]:
+        now = time.time()
+        client = scope.get("client") or ("", 0)
+        values = {
+            "aws:SourceIp": [client[0]],
+            "aws:CurrentTime": [datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")],
+            "aws:EpochTime": [str(int(now))],
+            "aws:SecureTransport": ["true" if scope.get("scheme") == "https" else "false"],
+            "aws:PrincipalArn": [principal.arn],
+            "aws:PrincipalAccount": [principal.account],
+            "aws:PrincipalType": ["User" if principal.kind == "IAMUser" else principal.kind],
+            "aws:userid": [principal.user_id],
+            "aws:RequestedRegion": [self.settings.region],
+        }
+        if principal.kind == "IAMUser":
+            values["aws:username"] = [principal.name]
+        for key, value in principal.tags.items():
+            values[f"aws:PrincipalTag/{key}"] = [value]
+        return values
+
+    def _access(
+        self, scope: Scope, call: _Call, context: dict[str, list[str]]
+    ) -> list[tuple[str, str]]:
+        if call.kind == "json":
+            params = _json_params(call.body)
+            context.update(access_map.request_tags(params))
+            if call.service == "sagemaker":
+                types = access_map.instance_types(params)
+                if types:
+                    context["sagemaker:InstanceTypes"] = types
+                access = access_map.sagemaker_access(call.operation, params, self.settings)
+                if any(action == "iam:PassRole" for action, _ in access):
+                    context["iam:PassedToService"] = ["sagemaker.amazonaws.com"]
+                return access
+            return [(f"{call.service}:{call.operation}", "*")]
+        if call.kind == "query":
+            service = "sts" if call.params.get("Version") == "2011-06-15" else "iam"
+            return [(f"{service}:{call.operation}", self._iam_resource(service, call.params))]
+        if call.kind == "runtime":
+            runtime_target = _runtime_target(scope)
+            name, mode = runtime_target
+            operation = {
+                "invoke": "InvokeEndpoint",
+                "stream": "InvokeEndpointWithResponseStream",
+                "async": "InvokeEndpointAsync",
+            }[mode]
+            call.operation = operation
+            return [(f"sagemaker:{operation}", self.settings.arn("endpoint", name.lower()))]
+        if call.kind == "rest":
+            return [(f"sagemaker:{call.operation}", "*")]
+        return self._s3_access(scope, call, context)
+
+    def _iam_resource(self, service: str, params: dict[str, Any]) -> str:
+        account = self.settings.account_id
+        if service == "sts":
+            return str(params.get("RoleArn", "*"))
+        for member, kind in (
+            ("UserName", "user"),
+            ("RoleName", "role"),
+            ("GroupName", "group"),
+        ):
+            if params.get(member):
+                return f"arn:aws:iam::{account}:{kind}/{params[member]}"
+        if params.get("PolicyArn"):
+            return str(params["PolicyArn"])
+        if params.get("PolicyName") and params.get("Action") == "CreatePolicy":
+            return f"arn:aws:iam::{account}:policy/{params['PolicyName']}"
+        return "*"
+
+    def _s3_access(
+        self, scope: Scope, call: _Call, context: dict[str, list[str]]
+    ) -> list[tuple[str, str]]:
+        from salvia.api.s3_request import S3Request
+
+        async def nothing() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        try:
+            request = S3Request(scope, nothing, self.suffixes)
+        except S3Error:
+            return [("s3:ListAllMyBuckets", "*")]
+        call.operation = scope["method"]
+        query = request.query
+        for name in ("prefix", "delimiter", "max-keys"):
+            if name in query:
+                context[f"s3:{name}"] = [query[name]]
+        access = access_map.s3_access(
+            request.method, request.bucket, request.key, query, request.headers
+        )
+        if access and access[0][0] == "s3:DeleteObject" and call.body is not None:
+            access = [("s3:DeleteObject", access_map.s3_arn(request.bucket, key))
+                      for key in _delete_keys(call.body)] or access  # fmt: skip
+        call.operation = access[0][0].partition(":")[2]
+        return access
+
+    # -- S3 bodies -------------------------------------------------------------------------
+    def _checked_body(self, call: _Call, signed: SignedRequest, receive: Receive) -> Receive:
+        claimed = signed.payload_hash or ""
+        if claimed == STREAMING_PAYLOAD:
+            return _ChunkChecker(self.verifier, call.secret, signed, receive)
+        if len(claimed) != 64 or not set(claimed) <= _HEX64 or claimed == EMPTY_SHA256:
+            return receive  # UNSIGNED-PAYLOAD, unsigned trailers, or nothing to check
+        digest = hashlib.sha256()
+
+        async def checked() -> Any:
+            message = await receive()
+            if message["type"] == "http.request":
+                digest.update(message.get("body", b""))
+                if not message.get("more_body", False) and digest.hexdigest() != claimed:
+                    raise S3Error(
+                        "XAmzContentSHA256Mismatch",
+                        "The provided 'x-amz-content-sha256' header does not match what was "
+                        "computed.",
+                    )
+            return message
+
+        return checked
+
+    # -- answers ---------------------------------------------------------------------------
+    def _refuse(self, call: _Call, error: SignatureRefused) -> Response:
+        request_id = new_request_id()
+        if call.kind == "s3":
+            s3_error = S3Error(error.s3_code, error.message)
+            body = xml.error_xml(s3_error, request_id)
+            return Response(
+                body,
+                status_code=error.status,
+                media_type=xml.XML_CONTENT_TYPE,
+                headers={"x-amz-request-id": request_id},
+            )
+        if call.kind == "query":
+            code = _QUERY_CODES.get(error.code, error.code)
+            root = ET.Element("ErrorResponse")
+            inner = ET.SubElement(root, "Error")
+            ET.SubElement(inner, "Type").text = "Sender"
+            ET.SubElement(inner, "Code").text = code
+            ET.SubElement(inner, "Message").text = error.message
+            ET.SubElement(root, "RequestId").text = request_id
+            return Response(
+                ET.tostring(root, xml_declaration=True, encoding="utf-8"),
+                status_code=error.status,
+                media_type="text/xml",
+                headers={"x-amzn-RequestId": request_id},
+            )
+        media = "application/x-amz-json-1.1" if call.kind == "json" else "application/json"
+        return Response(
+            orjson.dumps({"__type": error.code, "message": error.message}),
+            status_code=error.status,
+            media_type=media,
+            headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": error.code},
+        )
+
+    def _record(self, scope: Scope, call: _Call, outcome: str, message: str = "") -> None:
+        principal = call.principal
+        client = scope.get("client") or ("", 0)
+        service = call.service or {"query": "iam", "s3": "s3", "runtime": "sagemaker"}.get(
+            call.kind, "sagemaker"
+        )
+        action, resource = (call.access or [(f"{service}:{call.operation}", "*")])[0]
+        self.audit.record(
+            AuditEvent(
+                time=time.time(),
+                principal=principal.arn if principal else "",
+                user=principal.name if principal else call.access_key,
+                access_key=call.access_key,
+                action=action,
+                resource=resource,
+                source_ip=client[0],
+                outcome=outcome,
+                read_only=call.read_only,
+                message=message,
+            )
+        )
+
+
+class _ChunkChecker:
+    """Receives an aws-chunked body and checks each chunk's signature as it passes."""
+
+    def __init__(
+        self, verifier: SigV4Verifier, secret: str, signed: SignedRequest, receive: Receive
+    ) -> None:
+        self.verifier, self.secret, self.signed, self.receive = verifier, secret, signed, receive
+        self.previous = signed.signature
+        self.buffer = bytearray()
+        self.state = "size"
+        self.remaining = 0
+        self.claimed = ""
+        self.data = bytearray()
+
+    async def __call__(self) -> Any:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self._feed(message.get("body", b""))
+            if not message.get("more_body", False) and self.state not in ("done", "trailer"):
+                raise S3Error("IncompleteBody", "The aws-chunked body ended in the middle")
+        return message
+
+    def _feed(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while True:
+            if self.state == "data":
+                take = min(self.remaining, len(buffer))
+                self.data += buffer[:take]
+                del buffer[:take]
+                self.remaining -= take
+                if self.remaining:
+                    return
+                self._check()
+                self.state = "crlf"
+            elif self.state == "crlf":
+                if len(buffer) < 2:
+                    return
+                del buffer[:2]
+                self.state = "size"
+            elif self.state == "size":
+                end = buffer.find(b"\r\n")
+                if end < 0:
+                    return
+                line = bytes(buffer[:end]).decode("latin-1")
+                del buffer[: end + 2]
+                size, _, extension = line.partition(";")
+                name, _, self.claimed = extension.partition("=")
+                try:
+                    self.remaining = int(size.strip(), 16)
+                except ValueError:
+                    raise S3Error("IncompleteBody", "Malformed aws-chunked body") from None
+                if name.strip() != "chunk-signature":
+                    raise S3Error("SignatureDoesNotMatch", "A chunk carries no chunk-signature")
+                if self.remaining == 0:
+                    self._check()
+                    self.state = "trailer"
+                    return
+                self.state = "data"
+            else:
+                buffer.clear()
+                return
+
+    def _check(self) -> None:
+        wanted = self.verifier.chunk_signature(
+            self.secret, self.signed, self.previous, bytes(self.data)
+        )
+        if not hmac.compare_digest(wanted, self.claimed.strip()):
+            raise S3Error(
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            )
+        self.previous = wanted
+        self.data.clear()
+
+
+async def _read(receive: Receive, limit: int = MAX_BODY) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _refusal(
+                "ValidationException",
+                f"The request body exceeds the limit of {limit} bytes.",
+                "EntityTooLarge",
+                413,
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def again() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
+
+
+def _json_params(body: bytes | None) -> dict[str, Any]:
+    try:
+        value = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _runtime_target(scope: Scope) -> tuple[str, str]:
+    from salvia.api.runtime import RuntimeProtocol
+
+    found = RuntimeProtocol.endpoint_of(scope["method"], scope["path"])
+    assert found is not None
+    return found
+
+
+def _delete_keys(body: bytes) -> list[str]:
+    try:
+        document = xml.parse_xml(body, "Delete")
+    except S3Error:
+        return []
+    return [xml.child_text(obj, "Key") or "" for obj in document.findall("Object")]

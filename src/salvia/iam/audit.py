@@ -1,0 +1,115 @@
+"""The audit trail: every mutating call and every refusal, kept in the metadata store.
+
+Events are `audit-event` records (name: the event id; parent: the user name, so a user's events
+list by index; status: the outcome) and read back through CloudTrail's `LookupEvents`. Writing
+never holds up a request: events queue to one writer thread, which `flush` waits for.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from salvia.store.metadata import ListQuery, MetadataStore, Record
+
+log = logging.getLogger(__name__)
+
+KIND = "audit-event"
+
+
+@dataclass
+class AuditEvent:
+    time: float
+    principal: str  # the caller's ARN ("" when the key was not recognized)
+    user: str  # user name or role session; the access key id when the caller is unknown
+    access_key: str
+    action: str  # "sagemaker:CreateTrainingJob", "s3:PutObject", ...
+    resource: str
+    source_ip: str
+    outcome: str  # "Success", or the error code answered ("AccessDenied", ...)
+    read_only: bool
+    message: str = ""
+    event_id: str = ""
+
+    @property
+    def source(self) -> str:
+        return self.action.partition(":")[0] + ".amazonaws.com"
+
+
+class AuditTrail:
+    """Appends events in the background; thread-safe."""
+
+    def __init__(self, store: MetadataStore, account: str, region: str) -> None:
+        self.store = store
+        self.account, self.region = account, region
+        self._queue: queue.Queue[AuditEvent | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write, name="audit-writer", daemon=True)
+        self._writer.start()
+
+    def record(self, event: AuditEvent) -> None:
+        event.event_id = event.event_id or str(uuid.uuid4())
+        self._queue.put(event)
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join(timeout=10)
+
+    def _write(self) -> None:
+        while True:
+            event = self._queue.get()
+            try:
+                if event is None:
+                    return
+                self.store.create(
+                    Record(
+                        kind=KIND,
+                        name=event.event_id,
+                        arn=f"arn:aws:cloudtrail:{self.region}:{self.account}:event/{event.event_id}",
+                        creation_time=event.time,
+                        last_modified_time=event.time,
+                        body=asdict(event),
+                        status=event.outcome,
+                        parent=event.user.lower() or None,
+                    )
+                )
+            except Exception:
+                log.exception("could not write an audit event")
+            finally:
+                self._queue.task_done()
+
+    def events(
+        self,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        user: str | None = None,
+    ) -> Iterator[AuditEvent]:
+        """Events newest first, optionally between two times and of one user."""
+        self.flush()
+        query = ListQuery(
+            kind=KIND,
+            created_after=start,
+            created_before=end,
+            parent=user.lower() if user else None,
+            limit=100,
+        )
+        while True:
+            page = self.store.list_records(query)
+            for record in page.records:
+                yield _event(record.body)
+            if page.next_cursor is None:
+                return
+            query.after = page.next_cursor
+
+
+def _event(body: dict[str, Any]) -> AuditEvent:
+    fields = AuditEvent.__dataclass_fields__
+    return AuditEvent(**{k: v for k, v in body.items() if k in fields})
