@@ -6,9 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: install run test test-fast lint typecheck bench clean
+.PHONY: install browser run test test-fast lint typecheck bench clean
 
 install: $(STAMP)
+
+# Studio's browser tests drive Debian's Chromium by path (Playwright's own download is not used).
+CHROMIUM := /usr/bin/chromium
+browser:
+	test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # Reinstalled whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -28,12 +33,12 @@ typecheck: install
 	$(BIN)/mypy
 
 # The backends' tests run when their servers answer on this machine (they do in CI).
-test: lint typecheck
+test: lint typecheck browser
 	@export SALVIA_TEST_POSTGRES_URL=$$($(BIN)/python -c "import psycopg; psycopg.connect('$(POSTGRES_URL)', connect_timeout=3).close(); print('$(POSTGRES_URL)')" 2>/dev/null); \
 	if [ -z "$$SALVIA_TEST_POSTGRES_URL" ]; then echo "PostgreSQL not answering at $(POSTGRES_URL): its tests will be skipped"; fi; \
 	$(BIN)/python -m pytest
 
-test-fast: install
+test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow" -x
 
 bench: install

@@ -61,6 +61,7 @@ from salvia.tracking.servers import TrackingContext, TrackingServers
 from salvia.training.engine import KIND as TRAINING_JOB
 from salvia.training.engine import EngineContext, TrainingEngine
 from salvia.tuning import TuningContext, TuningEngine
+from salvia.ui import StudioApi, create_studio
 
 log = logging.getLogger("salvia")
 
@@ -207,19 +208,24 @@ def create_platform(settings: Settings) -> Platform:
             return handler(params)
         return await anyio.to_thread.run_sync(handler, params, limiter=limiter)
 
+    control_plane = JsonProtocol(service_model("sagemaker"), sagemaker_handlers, run)
+    logs = JsonProtocol(service_model("logs"), collect(CloudWatchLogs(settings)), run)
+    metrics = RestJsonProtocol(service_model("sagemaker-metrics"), metrics_handlers, run)
     app = Router(
         json_services=[
-            JsonProtocol(service_model("sagemaker"), sagemaker_handlers, run),
-            JsonProtocol(service_model("logs"), collect(CloudWatchLogs(settings)), run),
+            control_plane,
+            logs,
             JsonProtocol(service_model("application-autoscaling"), collect(AutoScaling(ctx)), run),
         ],
         rest_services=[
-            RestJsonProtocol(service_model("sagemaker-metrics"), metrics_handlers, run),
+            metrics,
             RestJsonProtocol(service_model("sagemaker-runtime"), {}, run),
             RestJsonProtocol(service_model("sagemaker-featurestore-runtime"), {}, run),
         ],
         fallback=S3Protocol(objects, settings.runtime_dir / "s3", region=settings.region),
         runtime=runtime,
+        # Studio is a client of the same operations, called in process
+        studio=create_studio(StudioApi(control_plane, logs, metrics)),
     )
     access = install_access_control(app, settings, store, run, service_model)
     if access.guard is not None:

@@ -78,8 +78,7 @@ class JsonProtocol:
     async def handle(self, request: Request, target: str) -> Response:
         request_id = new_request_id()
         try:
-            result, output_shape = await self._dispatch(request, target)
-            body = orjson.dumps(shape_output(output_shape, result))
+            body = orjson.dumps(await self._dispatch(request, target))
             return Response(
                 body, media_type=JSON_CONTENT_TYPE, headers={"x-amzn-RequestId": request_id}
             )
@@ -91,16 +90,26 @@ class JsonProtocol:
                 InternalFailure(f"An internal error occurred (request {request_id})."), request_id
             )
 
-    async def _dispatch(self, request: Request, target: str) -> tuple[dict[str, Any], Any]:
-        prefix, _, name = target.rpartition(".")
-        if prefix != self.prefix or name not in self._names:
-            raise UnknownOperationException(f"Operation {target[:200]} is not recognized.")
-        parse_authorization(request.headers.get("authorization"))
+    async def call(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run one operation as a request would run it: the same validation, the same handler and
+        the same shaped answer. In-process clients of the public API (Studio) come in here."""
+        if name not in self._names:
+            raise UnknownOperationException(f"Operation {name[:200]} is not recognized.")
         handler = self.handlers.get(name)
         if handler is None:
             raise NotImplementedOperation(name, self.model.service_id)
         operation = self.operation(name)
-        params = self.validator.validate(
-            operation.input_shape, parse_json_object(await read_body(request))
+        validated = self.validator.validate(operation.input_shape, params)
+        result: dict[str, Any] = shape_output(
+            operation.output_shape, await self._run(handler, validated)
         )
-        return await self._run(handler, params), operation.output_shape
+        return result
+
+    async def _dispatch(self, request: Request, target: str) -> dict[str, Any]:
+        prefix, _, name = target.rpartition(".")
+        if prefix != self.prefix or name not in self._names:
+            raise UnknownOperationException(f"Operation {target[:200]} is not recognized.")
+        parse_authorization(request.headers.get("authorization"))
+        if name not in self.handlers:
+            raise NotImplementedOperation(name, self.model.service_id)
+        return await self.call(name, parse_json_object(await read_body(request)))

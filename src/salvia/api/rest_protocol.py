@@ -97,6 +97,19 @@ class RestJsonProtocol:
             failure = InternalFailure(f"An internal error occurred (request {request_id}).")
             return error_response(failure, request_id, content_type="application/json")
 
+    async def call(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run one operation from in-process clients (Studio): the request's members as a dict,
+        validated and answered as over HTTP (located members travel in the dict too)."""
+        handler = self.handlers.get(name)
+        if handler is None:
+            raise NotImplementedOperation(name, self.model.service_id)
+        operation = self.model.operation_model(name)
+        validated = self.validator.validate(operation.input_shape, params)
+        result: dict[str, Any] = shape_output(
+            operation.output_shape, await self._run(handler, validated)
+        )
+        return result
+
     async def _input(
         self, request: Request, operation: OperationModel, labels: dict[str, str]
     ) -> dict[str, Any]:

@@ -3,6 +3,7 @@ all sign as `sagemaker`, the service cannot be read off the signature):
 
 - `X-Amz-Target: SageMaker.*`              -> the control plane (AWS JSON 1.1)
 - `GET /healthz`                           -> readiness
+- an unsigned request under `/studio`      -> Studio, the web console (signed, it is S3's)
 - a method + path of a REST-JSON model     -> that service (sagemaker-metrics, ...)
 - anything else                            -> the S3 protocol over the object store
 """
@@ -29,6 +30,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
 Guard = Callable[[Scope, Receive, Send, ASGIApp, "Router"], Awaitable[None]]
+STUDIO_PREFIX = "/studio"
 
 
 def _is_aws_json(scope: Scope) -> bool:
@@ -47,6 +49,16 @@ def _is_form(scope: Scope) -> bool:
     return False
 
 
+def _is_studio(scope: Scope) -> bool:
+    """Browsers do not sign: a signed request under /studio is S3's, for a bucket of that name."""
+    path = scope["path"]
+    if path != STUDIO_PREFIX and not path.startswith(STUDIO_PREFIX + "/"):
+        return False
+    if b"X-Amz-Signature=" in scope.get("query_string", b""):
+        return False  # a presigned S3 URL
+    return not any(name in (b"authorization", b"x-amz-target") for name, _ in scope["headers"])
+
+
 class Router:
     def __init__(
         self,
@@ -55,6 +67,7 @@ class Router:
         rest_services: Sequence[RestJsonProtocol],
         fallback: ASGIApp | None,
         runtime: RuntimeProtocol | None = None,
+        studio: ASGIApp | None = None,
         guard: Guard | None = None,
         on_startup: Sequence[Hook] = (),
         on_shutdown: Sequence[Hook] = (),
@@ -63,6 +76,7 @@ class Router:
         self.rest_services = list(rest_services)
         self.fallback = fallback
         self.runtime = runtime
+        self.studio = studio
         self.guard = guard  # authenticates and authorizes every request (authenticated mode)
         self.query: QueryProtocol | None = None  # IAM and STS, added with access control
         self.on_startup = list(on_startup)
@@ -80,6 +94,9 @@ class Router:
         await self._serve(scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.studio is not None and _is_studio(scope):
+            await self.studio(scope, receive, send)
+            return
         response = await self._route(scope, receive)
         if response is None:
             assert self.fallback is not None

@@ -70,13 +70,14 @@ class Metrics:
             if (start is None or p.timestamp >= start) and (end is None or p.timestamp <= end)
         ]
         by_step = query["XAxisType"] == "IterationNumber"
-        needs_steps = by_step or query["Period"] == "IterationNumber"
-        if needs_steps and any(p.step is None for p in points):
+        if by_step and any(p.step is None for p in points):
             return _failed("Some points of this metric were logged without a Step.")
-        buckets: dict[int, list[MetricPoint]] = {}
+        buckets: dict[float, list[MetricPoint]] = {}
         for point in points:
             if query["Period"] == "IterationNumber":
-                key = point.step or 0
+                # a point without a Step (a metric scraped from a job's log) is its own
+                # iteration on a time axis: the raw series, unaggregated
+                key = point.timestamp if point.step is None else point.step
             else:
                 seconds = _PERIOD_SECONDS[query["Period"]]
                 key = int(point.timestamp // seconds * seconds)

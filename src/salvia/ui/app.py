@@ -1,0 +1,86 @@
+"""The Studio application: its routes, static files (plotly.min.js from the plotly wheel), and
+the error pages every failure ends on."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from salvia.errors import SalviaError
+from salvia.ui import governance, home, hosting, jobs, lists
+from salvia.ui.api import StudioApi
+from salvia.ui.pages import PREFIX, Pages
+
+log = logging.getLogger(__name__)
+
+_HERE = Path(__file__).parent
+_STATIC = {"studio.css": "text/css", "studio.js": "text/javascript"}
+
+
+def plotly_js() -> Path | None:
+    """plotly.min.js as the `plotly` wheel ships it (found without importing plotly)."""
+    spec = importlib.util.find_spec("plotly")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "package_data" / "plotly.min.js"
+        if path.is_file():
+            return path
+    return None
+
+
+def _static(request: Request) -> Response:
+    name = request.path_params["name"]
+    headers = {"Cache-Control": "public, max-age=3600"}
+    if name == "plotly.min.js":
+        path = plotly_js()
+        if path is None:
+            raise HTTPException(404, "plotly is not installed")
+        return FileResponse(path, media_type="text/javascript", headers=headers)
+    if name not in _STATIC:
+        raise HTTPException(404, f"no static file {name}")
+    return FileResponse(_HERE / "static" / name, media_type=_STATIC[name], headers=headers)
+
+
+def create_studio(api: StudioApi) -> Starlette:
+    pages = Pages(api)
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, SalviaError)
+        return pages.error(request, exc)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = SalviaError(str(exc.detail))
+        error.code = "NotFound" if exc.status_code == 404 else f"HTTP {exc.status_code}"
+        return pages.render(request, "error.html", status=exc.status_code, error=error)
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.exception("Studio page %s failed", request.url.path, exc_info=exc)
+        error = SalviaError(f"An internal error occurred: {type(exc).__name__}: {exc}")
+        return pages.render(request, "error.html", status=500, error=error)
+
+    routes: list[BaseRoute] = [
+        Route("/", lambda request: RedirectResponse(f"{PREFIX}/home")),
+        Route("/static/{name}", _static),
+        *home.routes(pages),
+        *lists.routes(pages),
+        *jobs.routes(pages),
+        *hosting.routes(pages),
+        *governance.routes(pages),
+    ]
+    return Starlette(
+        routes=[
+            Mount(PREFIX, routes=routes),
+            Route(PREFIX, lambda r: RedirectResponse(f"{PREFIX}/home")),
+        ],
+        middleware=[Middleware(GZipMiddleware, minimum_size=2048)],
+        exception_handlers={SalviaError: api_error, HTTPException: not_found, Exception: internal},
+    )

@@ -1,0 +1,82 @@
+"""Hosting pages: endpoints (variants, live invocation figures, test invoke, data capture),
+models and endpoint configurations."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from salvia.errors import SalviaError
+from salvia.ui.pages import Pages
+
+
+async def endpoint(pages: Pages, request: Request) -> Response:
+    name = request.path_params["name"]
+    described = await pages.api.sagemaker("DescribeEndpoint", EndpointName=name)
+    config = await pages.api.attempt(
+        "DescribeEndpointConfig", EndpointConfigName=described.get("EndpointConfigName", "")
+    )
+    variants = described.get("ProductionVariants", [])
+    weights = None
+    if variants:
+        weights = {
+            "data": [
+                {
+                    "type": "pie",
+                    "labels": [v["VariantName"] for v in variants],
+                    "values": [v.get("CurrentWeight", 0) for v in variants],
+                    "hole": 0.4,
+                }
+            ],
+            "layout": {"margin": {"l": 10, "r": 10, "t": 10, "b": 10}, "showlegend": True},
+        }
+    content_type = "text/csv"
+    if not isinstance(config, SalviaError):
+        capture = config.get("DataCaptureConfig") or {}
+        types = (capture.get("CaptureContentTypeHeader") or {}).get("CsvContentTypes") or []
+        content_type = types[0] if types else content_type
+    return pages.render(
+        request,
+        "endpoint.html",
+        title=name,
+        endpoint=described,
+        config=config,
+        config_error=config if isinstance(config, SalviaError) else None,
+        weights=weights,
+        charts=True,
+        invoke_url=f"/endpoints/{urllib.parse.quote(name, safe='')}/invocations",
+        content_type=content_type,
+    )
+
+
+async def model(pages: Pages, request: Request) -> Response:
+    name = request.path_params["name"]
+    described = await pages.api.sagemaker("DescribeModel", ModelName=name)
+    containers = described.get("Containers") or (
+        [described["PrimaryContainer"]] if described.get("PrimaryContainer") else []
+    )
+    return pages.render(request, "model.html", title=name, model=described, containers=containers)
+
+
+async def endpoint_config(pages: Pages, request: Request) -> Response:
+    name = request.path_params["name"]
+    described = await pages.api.sagemaker("DescribeEndpointConfig", EndpointConfigName=name)
+    return pages.render(request, "endpoint_config.html", title=name, config=described)
+
+
+def routes(pages: Pages) -> list[Route]:
+    def bind(handler: Any) -> Any:
+        async def view(request: Request) -> Response:
+            return await handler(pages, request)
+
+        return view
+
+    return [
+        Route("/endpoints/{name}", bind(endpoint)),
+        Route("/models/{name}", bind(model)),
+        Route("/endpoint-configs/{name}", bind(endpoint_config)),
+    ]

@@ -1,0 +1,98 @@
+"""What every page shares: the API client, the templates and their filters, error pages."""
+
+from __future__ import annotations
+
+import urllib.parse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from salvia import __version__
+from salvia.api.errors import JSON_STATUS
+from salvia.errors import SalviaError, ValidationException
+from salvia.ui.api import StudioApi
+
+PREFIX = "/studio"
+_HERE = Path(__file__).parent
+TERMINAL = {"Completed", "Failed", "Stopped", "InService", "OutOfService", "Approved", "Rejected"}
+
+
+def _when(value: Any) -> str:
+    if value in (None, ""):
+        return "—"
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)
+
+
+def _duration(start: Any, end: Any = None) -> str:
+    if not isinstance(start, int | float):
+        return "—"
+    finish = end if isinstance(end, int | float) else datetime.now(UTC).timestamp()
+    seconds = max(0, int(finish - start))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
+
+
+def _status_class(status: Any) -> str:
+    text = str(status or "")
+    if text in {"Completed", "InService", "Approved", "Success"}:
+        return "ok"
+    if text in {"Failed", "Rejected", "UpdateRollbackFailed", "DeleteFailed", "OutOfService"}:
+        return "bad"
+    if text in {"Stopped", "Stopping", "Deleting"}:
+        return "muted"
+    return "busy" if text else ""
+
+
+def _short_arn(arn: Any) -> str:
+    text = str(arn or "")
+    return text.split(":", 5)[-1] if text.startswith("arn:") else text
+
+
+class Pages:
+    """What every page handler needs: the API and a renderer."""
+
+    def __init__(self, api: StudioApi) -> None:
+        self.api = api
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(_HERE / "templates"),
+            autoescape=True,
+            enable_async=False,
+            undefined=jinja2.ChainableUndefined,
+        )
+        self.env.filters.update(
+            when=_when, duration=_duration, status_class=_status_class, short_arn=_short_arn
+        )
+        self.env.globals.update(prefix=PREFIX, version=__version__, terminal=TERMINAL)
+
+    def render(
+        self, request: Request, template: str, status: int = 200, **context: Any
+    ) -> Response:
+        html = self.env.get_template(template).render(request=request, **context)
+        return HTMLResponse(html, status_code=status)
+
+    def error(self, request: Request, error: SalviaError) -> Response:
+        status = JSON_STATUS.get(error.code, 400)
+        if error.code in {"ResourceNotFound", "ResourceNotFoundException"}:
+            status = 404
+        return self.render(request, "error.html", status=status, error=error)
+
+
+FORM_LIMIT = 64 * 1024
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A URL-encoded form (Studio's forms are small and never upload files)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_LIMIT:
+            raise ValidationException(f"The form exceeds {FORM_LIMIT} bytes.")
+    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {name: values[-1] for name, values in fields.items()}
