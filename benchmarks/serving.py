@@ -6,11 +6,14 @@ in one run, through
   (c) `InvokeEndpoint` through Salvia's gateway (SigV4-signed, as boto3 sends it),
   (d) MLflow's `mlflow models serve` of the same booster (`--env-manager local`).
 
-    .venv/bin/python benchmarks/serving.py [--seconds 3] [--no-mlflow]
+    .venv/bin/python benchmarks/serving.py [--seconds 3] [--rounds 3] [--no-mlflow]
 
 Targets (issue 5): gateway p50 overhead over (b) <= 1 ms; (c) throughput at 8 clients >= 0.8 x
 (b); (c) >= 5 x (d). The load generator is one asyncio process with a keep-alive connection per
-client; it shares the machine's cores with the servers, equally for every target.
+client; it shares the machine's cores with the servers, equally for every target. With
+`--rounds N`, (b) and (c) alternate N times at each client count, so that a change in the
+machine's other load falls on both; each figure pools its rounds and the (c)/(b) ratio of every
+round is printed.
 MLflow needs the `bench` extra (`pip install -e '.[bench]'`, which `make bench` does).
 """
 
@@ -100,6 +103,16 @@ def drive(label: str, port: int, request: bytes, clients: int, seconds: float) -
     result.label = label
     print(result.row(), flush=True)
     return result
+
+
+def pooled(rounds: list[Result]) -> Result:
+    """One figure for several rounds of the same target: all their requests over all their
+    time."""
+    first = rounds[0]
+    latencies = [latency for result in rounds for latency in result.latencies]
+    elapsed = sum(result.elapsed for result in rounds)
+    errors = sum(result.errors for result in rounds)
+    return Result(first.label, first.clients, latencies, elapsed, errors)
 
 
 def http_request(port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -223,8 +236,11 @@ def mlflow_server(booster: object, scratch: Path, row: bytes) -> tuple[subproces
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=1, help="(b)/(c) alternations per count")
     parser.add_argument("--no-mlflow", action="store_true")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds: {args.rounds} is not a positive count")
     results: dict[tuple[str, int], Result] = {}
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
@@ -244,14 +260,24 @@ def main() -> None:
             gateway = signed_invocation(salvia, gateway_port, row)
             try:
                 for clients in CLIENTS:
-                    results[("b", clients)] = drive(
-                        "(b) Salvia model server, direct", direct_port, direct, clients,
-                        args.seconds,
-                    )  # fmt: skip
-                    results[("c", clients)] = drive(
-                        "(c) InvokeEndpoint via the gateway", gateway_port, gateway, clients,
-                        args.seconds,
-                    )  # fmt: skip
+                    rounds: dict[str, list[Result]] = {"b": [], "c": []}
+                    for _ in range(args.rounds):
+                        rounds["b"].append(drive(
+                            "(b) Salvia model server, direct", direct_port, direct, clients,
+                            args.seconds,
+                        ))  # fmt: skip
+                        rounds["c"].append(drive(
+                            "(c) InvokeEndpoint via the gateway", gateway_port, gateway, clients,
+                            args.seconds,
+                        ))  # fmt: skip
+                    results[("b", clients)] = pooled(rounds["b"])
+                    results[("c", clients)] = pooled(rounds["c"])
+                    if args.rounds > 1:
+                        ratios = " ".join(
+                            f"{c.throughput / b.throughput:.2f}"
+                            for b, c in zip(rounds["b"], rounds["c"], strict=True)
+                        )
+                        print(f"  (c)/(b) by round at {clients} clients: {ratios}", flush=True)
             finally:  # instances outlive the server by design: stop them first
                 sm = salvia.client("sagemaker")
                 sm.delete_endpoint(EndpointName="bench")
@@ -276,6 +302,10 @@ def main() -> None:
     b1, c1, b8, c8 = results[("b", 1)], results[("c", 1)], results[("b", 8)], results[("c", 8)]
     overhead = c1.percentile(0.5) - b1.percentile(0.5)
     print()
+    if args.rounds > 1:
+        print(f"pooled over {args.rounds} rounds:")
+        for key in (("b", 1), ("c", 1), ("b", 8), ("c", 8)):
+            print(results[key].row())
     print(f"gateway p50 overhead over (b), 1 client: {overhead:.2f} ms (target <= 1 ms)")
     print(f"(c)/(b) throughput at 8 clients: {c8.throughput / b8.throughput:.2f} (target >= 0.8)")
     if ("d", 8) in results:

@@ -51,6 +51,34 @@ ASYNC_SUFFIX = "/async-invocations"
 _MODES = ((SUFFIX, "invoke"), (STREAM_SUFFIX, "stream"), (ASYNC_SUFFIX, "async"))
 
 
+class _Answer(Response):
+    """A 200 whose raw headers are built by the caller: the invocation's hot path skips
+    Starlette's header assembly (Response's own __call__ sends it as usual)."""
+
+    def __init__(self, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = 200
+        self.body = body
+        self.raw_headers = raw_headers
+        self.background = None
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request's body, refused past the real-time limit (read from the ASGI messages
+    directly: one message for a small body, without Starlette's stream generator)."""
+    chunks, size = [], 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise _Refused("The client disconnected before sending its whole request.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_PAYLOAD:
+            raise _Refused("Request payload exceeds the 6 MB limit of real-time endpoints.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class _Refused(Exception):
     """An invocation refused before any instance is called: SageMaker's `ValidationError`."""
 
@@ -159,31 +187,31 @@ class RuntimeProtocol:
         request_id = new_request_id()
         if mode == "async":
             return await self._queue(request, name, request_id)
+        # one dict for the dozen look-ups below (Starlette's Headers scans the list per look-up)
+        fields = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
         try:
-            call = await self._prepare(request, name, streaming)
+            call = await self._prepare(request, fields, name, streaming)
         except _Refused as refusal:
             return _error(refusal.code, refusal.message, refusal.status, request_id)
         try:
             if streaming:
                 return await self._stream(call, request_id)
-            return await self._invoke(call, request, request_id)
+            return await self._invoke(call, fields, request_id)
         finally:
             if call.variant.serverless is not None:
                 call.variant.in_flight -= 1
                 call.variant.last_used = time.monotonic()
 
-    async def _prepare(self, request: Request, name: str, streaming: bool) -> _Call:
+    async def _prepare(
+        self, request: Request, fields: dict[str, str], name: str, streaming: bool
+    ) -> _Call:
         """Everything both invocations check before calling an instance."""
         try:
-            parse_authorization(request.headers.get("authorization"))
+            parse_authorization(fields.get("authorization"))
         except SalviaError as error:
             raise _Refused(error.message, error.code) from None
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_PAYLOAD:
-                raise _Refused("Request payload exceeds the 6 MB limit of real-time endpoints.")
-            chunks.append(chunk)
+        body = await _read_body(request)
+        size = len(body)
         route = self.engine.routes.get(name.lower())
         if route is None:
             record = self.store.get(ENDPOINT, name)
@@ -191,13 +219,13 @@ class RuntimeProtocol:
                 raise _Refused(f"Endpoint {name} of account {self.settings.account_id} not found.")
             status = record.body.get("EndpointStatus")
             raise _Refused(f"Endpoint {name} is not in service: it is {status}.")
-        target = request.headers.get("x-amzn-sagemaker-target-variant")
+        target = fields.get("x-amzn-sagemaker-target-variant")
         variant = route.choose(target)
         if variant is None:
             raise _Refused(f"Endpoint {name} has no variant {target}.")
         if variant.serverless is not None:
             await self._serverless_admit(name, variant, size)
-        target_model = request.headers.get("x-amzn-sagemaker-target-model")
+        target_model = fields.get("x-amzn-sagemaker-target-model")
         instance = variant.pick_for(target_model) if target_model else variant.pick()
         if isinstance(instance, MultiModelClient) != (target_model is not None):
             raise _Refused(
@@ -206,7 +234,7 @@ class RuntimeProtocol:
                 else f"Endpoint {name} is not a multi-model endpoint and does not support "
                 "the TargetModel header."
             )
-        hostname = request.headers.get("x-amzn-sagemaker-target-container-hostname")
+        hostname = fields.get("x-amzn-sagemaker-target-container-hostname")
         if isinstance(instance, PipelineClient) and instance.direct:
             stage = instance.container(hostname) if hostname else None
             if stage is None:
@@ -220,12 +248,12 @@ class RuntimeProtocol:
                 "TargetContainerHostname is only valid for an endpoint whose model has "
                 "InferenceExecutionConfig Mode Direct."
             )
-        headers = {h: request.headers[h] for h in _FORWARDED if h in request.headers}
+        headers = {h: fields[h] for h in _FORWARDED if h in fields}
         if streaming:  # the streaming operation names its Accept header differently
             headers.pop("accept", None)
-            if "x-amzn-sagemaker-accept" in request.headers:
-                headers["accept"] = request.headers["x-amzn-sagemaker-accept"]
-        return _Call(name, b"".join(chunks), route, variant, instance, target_model, headers)
+            if "x-amzn-sagemaker-accept" in fields:
+                headers["accept"] = fields["x-amzn-sagemaker-accept"]
+        return _Call(name, body, route, variant, instance, target_model, headers)
 
     async def _serverless_admit(self, name: str, variant: Variant, size: int) -> None:
         """Serverless limits, then an instance: throttled over MaxConcurrency, started on
@@ -250,7 +278,7 @@ class RuntimeProtocol:
             raise _Refused(f"The serverless instance did not start: {failure}",
                            "ServiceUnavailable", 503) from None  # fmt: skip
 
-    async def _invoke(self, call: _Call, request: Request, request_id: str) -> Response:
+    async def _invoke(self, call: _Call, fields: dict[str, str], request_id: str) -> Response:
         name, route, variant, instance = call.endpoint, call.route, call.variant, call.instance
         target_model, headers, body = call.target_model, call.headers, call.body
         received = time.perf_counter()
@@ -279,7 +307,7 @@ class RuntimeProtocol:
         if not 200 <= reply.status < 300:
             return self._model_error(name, reply, request_id)
         content_type = reply.headers.get("content-type", "application/json")
-        request_type = request.headers.get("content-type", "application/octet-stream")
+        request_type = fields.get("content-type", "application/octet-stream")
         for shadow, share in route.shadows:
             if random.random() < share:
                 task = asyncio.create_task(
@@ -294,14 +322,18 @@ class RuntimeProtocol:
                 variant.name,
                 (body, request_type),
                 (reply.body, content_type),
-                request.headers.get("x-amzn-sagemaker-inference-id"),
+                fields.get("x-amzn-sagemaker-inference-id"),
             )
-        out = {"x-amzn-RequestId": request_id, "x-Amzn-Invoked-Production-Variant": variant.name}
+        out = [
+            (b"content-length", b"%d" % len(reply.body)),
+            (b"content-type", content_type.encode("latin-1")),
+            (b"x-amzn-requestid", request_id.encode("latin-1")),
+            (b"x-amzn-invoked-production-variant", variant.name.encode("latin-1")),
+        ]
         if "x-amzn-sagemaker-custom-attributes" in reply.headers:
-            out["X-Amzn-SageMaker-Custom-Attributes"] = reply.headers[
-                "x-amzn-sagemaker-custom-attributes"
-            ]
-        return Response(reply.body, status_code=200, media_type=content_type, headers=out)
+            attributes = reply.headers["x-amzn-sagemaker-custom-attributes"]
+            out.append((b"x-amzn-sagemaker-custom-attributes", attributes.encode("latin-1")))
+        return _Answer(reply.body, out)
 
     async def _queue(self, request: Request, name: str, request_id: str) -> Response:
         """InvokeEndpointAsync: queued durably, answered at once with where the answer will be."""
