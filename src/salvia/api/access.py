@@ -108,7 +108,8 @@ class AccessGuard:
         self.tags_of = tags_of
         self.verifier = SigV4Verifier()
         self.suffixes = virtual_host_suffixes
-        self._seen: dict[str, float] = {}  # signatures of mutating requests -> when they expire
+        # signatures of mutating requests that succeeded -> when their replay window ends
+        self._seen: dict[str, float] = {}
 
     # -- the request path ------------------------------------------------------------------
     async def __call__(
@@ -134,7 +135,12 @@ class AccessGuard:
             )
             code = refusal.s3_code if call.kind == "s3" else refusal.code
             self._record(scope, call, code, refusal.message)
-            await self._refuse(call, refusal)(scope, receive, send)
+            response = self._refuse(call, refusal)
+            if call.body is None and _has_body(scope):
+                # refused before its body was read: what the client still sends cannot be told
+                # from its next request on this connection
+                response.headers["connection"] = "close"
+            await response(scope, receive, send)
             return
         if call.body is not None:
             receive = _replay(call.body, receive)
@@ -160,6 +166,8 @@ class AccessGuard:
                 code = status[0] if status else 500
                 outcome = "Success" if code < 400 else (error_type or [f"HTTP{code}"])[0]
                 self._record(scope, call, outcome)
+                if code < 400 and not signed.presigned and call.kind != "s3":
+                    self._seen[signed.signature] = signed.timestamp + self.verifier.max_skew + 1
 
     def _classify(self, scope: Scope, router: Router) -> _Call | None:
         method, path = scope["method"], scope["path"]
@@ -252,7 +260,7 @@ class AccessGuard:
         )
         self._classify_reads(scope, call)
         if not call.read_only and not signed.presigned and call.kind != "s3":
-            self._check_replay(signed.signature, signed.timestamp)
+            self._check_replay(signed.signature)
         call.secret = secret
         return signed
 
@@ -264,7 +272,12 @@ class AccessGuard:
         else:
             call.read_only = scope["method"] in ("GET", "HEAD")
 
-    def _check_replay(self, signature: str, timestamp: float) -> None:
+    def _check_replay(self, signature: str) -> None:
+        """Refuse a byte-identical copy of a mutating request that already succeeded.
+
+        Only successes count: a client that repeats a refused call once it has fixed the cause
+        (a `DeleteUser` after deleting the user's keys, in the same second) signs the same bytes.
+        """
         now = time.time()
         if len(self._seen) > 100_000:
             self._seen = {s: t for s, t in self._seen.items() if t > now}
@@ -275,7 +288,6 @@ class AccessGuard:
                 "Signature already used: a signed request that changes state is accepted once.",
                 "AccessDenied",
             )
-        self._seen[signature] = timestamp + self.verifier.max_skew + 1
 
     # -- authorization ---------------------------------------------------------------------
     def _authorize(self, scope: Scope, call: _Call) -> None:
@@ -293,8 +305,8 @@ class AccessGuard:
                     "InvalidArgument",
                     400,
                 )
-        if principal.unrestricted:
-            return
+        if principal.unrestricted or access == [("sts:GetCallerIdentity", "*")]:
+            return  # as in AWS, anyone signed may ask who they are
         tags: dict[str, dict[str, str]] = {}
 
         def resolve(key: str, resource: str) -> list[str] | None:
@@ -593,6 +605,13 @@ async def _read(receive: Receive, limit: int = MAX_BODY) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
