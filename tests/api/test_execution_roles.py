@@ -1,0 +1,143 @@
+"""Execution roles in authenticated mode: a training job runs with its role's temporary
+credentials, so what its script can read and write in the object store is what the role allows;
+creating the job needs iam:PassRole on that role."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.api.test_training import job_request
+from tests.conftest import SalviaServer, unique
+
+ACCOUNT = "123456789012"
+
+SCRIPT = """
+import os, sys
+import boto3
+
+bucket = os.environ["DATA_BUCKET"]
+s3 = boto3.client("s3")
+print("credentials", os.environ["AWS_ACCESS_KEY_ID"][:4], "AWS_SESSION_TOKEN" in os.environ)
+print("allowed", s3.get_object(Bucket=bucket, Key="allowed/a.txt")["Body"].read().decode())
+s3.put_object(Bucket=bucket, Key="output/written.txt", Body=b"from the job")
+try:
+    s3.get_object(Bucket=bucket, Key="secret/b.txt")
+except Exception as error:
+    print("secret refused:", error)
+    sys.exit(3)
+print("secret read")
+"""
+
+
+@pytest.fixture(scope="module")
+def server(iam_server: SalviaServer) -> SalviaServer:
+    return iam_server
+
+
+def document(*statements: dict[str, Any]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+@pytest.fixture(scope="module")
+def setup(server: SalviaServer) -> dict[str, str]:
+    bucket = unique("roles")
+    s3 = server.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="allowed/a.txt", Body=b"alpha")
+    s3.put_object(Bucket=bucket, Key="secret/b.txt", Body=b"bravo")
+    iam = server.client("iam")
+    role = unique("job-role")
+    trust = document({"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
+                      "Action": "sts:AssumeRole"})  # fmt: skip
+    arn = iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    iam.put_role_policy(
+        RoleName=role,
+        PolicyName="one-prefix",
+        PolicyDocument=document(
+            {
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{bucket}/allowed/*",
+            },
+            {
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": f"arn:aws:s3:::{bucket}/output/*",
+            },
+        ),
+    )
+    return {"bucket": bucket, "role": arn}
+
+
+def test_a_jobs_role_decides_what_it_may_read_and_write(
+    server: SalviaServer, setup: dict[str, str]
+) -> None:
+    sm = server.client()
+    bucket, role = setup["bucket"], setup["role"]
+    name = unique("role-job")
+    request = job_request(server, bucket, name, SCRIPT, RoleArn=role,
+                          Environment={"DATA_BUCKET": bucket})  # fmt: skip
+    sm.create_training_job(**request)
+    deadline = time.monotonic() + 120
+    while (job := sm.describe_training_job(TrainingJobName=name))["TrainingJobStatus"] not in {
+        "Completed",
+        "Failed",
+        "Stopped",
+    }:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["TrainingJobStatus"] == "Failed"
+    logs = server.client("logs")
+    stream = logs.describe_log_streams(
+        logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix=f"{name}/"
+    )["logStreams"][0]["logStreamName"]
+    text = "\n".join(
+        e["message"]
+        for e in logs.get_log_events(
+            logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream, startFromHead=True
+        )["events"]
+    )
+    assert "credentials ASIA True" in text  # the role's temporary key, with its session token
+    assert "allowed alpha" in text
+    assert "secret refused" in text and "AccessDenied" in text
+    assert "secret read" not in text
+    written = server.client("s3").get_object(Bucket=bucket, Key="output/written.txt")
+    assert written["Body"].read() == b"from the job"
+
+
+def test_passing_a_role_needs_iam_pass_role(server: SalviaServer, setup: dict[str, str]) -> None:
+    iam = server.client("iam")
+    user = unique("trainer")
+    iam.create_user(UserName=user)
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="train",
+        PolicyDocument=document(
+            {"Effect": "Allow", "Action": "sagemaker:CreateTrainingJob", "Resource": "*"}
+        ),
+    )
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    trainer = server.client(credentials=(key["AccessKeyId"], key["SecretAccessKey"]))
+    request = {
+        "TrainingJobName": unique("no-pass"),
+        "RoleArn": setup["role"],
+        "AlgorithmSpecification": {"TrainingImage": "salvia/sklearn", "TrainingInputMode": "File"},
+        "OutputDataConfig": {"S3OutputPath": f"s3://{setup['bucket']}/output"},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 60},
+    }
+    with pytest.raises(ClientError) as refused:
+        trainer.create_training_job(**request)
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert "iam:PassRole" in str(refused.value)
+
+    unknown = dict(request, RoleArn=f"arn:aws:iam::{ACCOUNT}:role/not-there")
+    with pytest.raises(ClientError) as missing:
+        server.client().create_training_job(**unknown)
+    assert missing.value.response["Error"]["Code"] == "ValidationException"
+    assert "Could not assume role" in str(missing.value)
