@@ -1,4 +1,4 @@
-"""`salvia server | status | experiments list|describe | logs`."""
+"""`salvia server | status | experiments list|describe | logs | iam ... | audit`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from salvia.cli.access import add_commands as add_access_commands
 from salvia.cli.tables import fields, table
 from salvia.config import DEFAULT_PORT, load_settings
 from salvia.runstate import read_state
@@ -288,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     job_logs.add_argument("--poll", type=float, default=2.0, help="seconds between polls")
     job_logs.add_argument("--endpoint-url", help="the server's URL (default: the running one)")
     job_logs.set_defaults(func=cmd_logs)
+    add_access_commands(commands)
     return parser
 
 
