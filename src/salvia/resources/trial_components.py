@@ -116,15 +116,14 @@ class TrialComponents:
                 f"Only one of ExperimentName, TrialName and SourceArn may be given; got {given}."
             )
         fixed: dict[str, Any] = {}
+        # membership is a condition of the store's query, so a page reads one page of rows
+        # however many components the trial or experiment has
         if "TrialName" in request:
             trial = self.experiments.trial(request["TrialName"])
-            edges = self.ctx.store.associated(IN_TRIAL, destinations=[trial.arn])
-            fixed["arns"] = [source for source, _ in edges]
+            fixed["member_of"] = (IN_TRIAL, [trial.arn])
         elif "ExperimentName" in request:
             experiment = self.experiments.experiment(request["ExperimentName"])
-            trial_arns = self._trial_arns(experiment.name_key)
-            edges = self.ctx.store.associated(IN_TRIAL, destinations=trial_arns)
-            fixed["arns"] = sorted({source for source, _ in edges})
+            fixed["member_of"] = (IN_TRIAL, self._trial_arns(experiment.name_key))
         elif "SourceArn" in request:
             fixed["parent"] = request["SourceArn"]
         query = list_query(

@@ -48,6 +48,8 @@ class ListQuery:
     status: str | None = None
     parent: str | None = None
     arns: Sequence[str] | None = None  # restrict to these ARNs (e.g. members of an association)
+    # restrict to the sources of associations (kind, any of these destinations), in the query
+    member_of: tuple[str, Sequence[str]] | None = None
     sort_by: str = "creation_time"
     descending: bool = True
     limit: int = 100

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -36,6 +37,10 @@ resources = Table(
     UniqueConstraint("kind", "name_key", name="uq_resources_kind_name"),
     Index("ix_resources_kind_created", "kind", "creation_time", "id"),
     Index("ix_resources_kind_parent", "kind", "parent"),
+    # one per List* sort order (0002): a page walks its index instead of sorting the kind
+    Index("ix_resources_kind_name", "kind", "name", "id"),
+    Index("ix_resources_kind_status", "kind", text("coalesce(status, '')"), "id"),
+    Index("ix_resources_kind_modified", "kind", "last_modified_time", "id"),
 )
 
 tags = Table(
@@ -55,6 +60,7 @@ associations = Table(
     Column("kind", String(64), primary_key=True),
     Column("creation_time", Float, nullable=False),
     Index("ix_associations_destination", "destination", "kind"),
+    Index("ix_associations_kind_destination", "kind", "destination"),
 )
 
 metrics = Table(

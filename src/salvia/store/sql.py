@@ -21,6 +21,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     or_,
     select,
     tuple_,
@@ -302,7 +303,8 @@ class SqlMetadataStore(MetadataStore):
             raise ValueError(f"cannot sort by {query.sort_by!r}")
         column: Any = R.c[query.sort_by]
         if query.sort_by == "status":
-            column = func.coalesce(column, "")
+            # a literal '' (not a bound parameter), so the expression index of 0002 matches it
+            column = func.coalesce(column, literal_column("''"))
         conditions = [R.c.kind == query.kind]
         if query.name_contains:
             pattern = f"%{_escape_like(query.name_contains.lower())}%"
@@ -321,6 +323,13 @@ class SqlMetadataStore(MetadataStore):
             conditions.append(R.c.parent == query.parent)
         if query.arns is not None:
             conditions.append(R.c.arn.in_(list(query.arns)))
+        if query.member_of is not None:
+            association, destinations = query.member_of
+            a = schema.associations
+            sources = select(a.c.source).where(
+                a.c.kind == association, a.c.destination.in_(list(destinations))
+            )
+            conditions.append(R.c.arn.in_(sources))
         if query.after is not None:
             value, last_id = query.after
             if query.descending:
