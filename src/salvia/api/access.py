@@ -215,7 +215,7 @@ class AccessGuard:
     # -- authentication --------------------------------------------------------------------
     def _authenticate(self, scope: Scope, call: _Call) -> SignedRequest:
         raw_query = scope.get("query_string", b"").decode("latin-1")
-        query = parse_qsl(raw_query, keep_blank_values=True)
+        query = parse_qsl(raw_query, keep_blank_values=True) if raw_query else []
         signed = read_signature(scope["headers"], query)
         if signed is None:
             if call.kind == "s3":
@@ -310,6 +310,11 @@ class AccessGuard:
         tags: dict[str, dict[str, str]] = {}
 
         def resolve(key: str, resource: str) -> list[str] | None:
+            if key == "aws:currenttime":
+                now = datetime.now(UTC)
+                return [now.strftime("%Y-%m-%dT%H:%M:%SZ")]
+            if key == "aws:epochtime":
+                return [str(int(time.time()))]
             prefix, _, tag = key.partition("/")
             if prefix not in ("aws:resourcetag", "sagemaker:resourcetag") or not tag:
                 return None
@@ -336,12 +341,9 @@ class AccessGuard:
                 )
 
     def _context(self, scope: Scope, principal: Principal) -> dict[str, list[str]]:
-        now = time.time()
         client = scope.get("client") or ("", 0)
         values = {
             "aws:SourceIp": [client[0]],
-            "aws:CurrentTime": [datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")],
-            "aws:EpochTime": [str(int(now))],
             "aws:SecureTransport": ["true" if scope.get("scheme") == "https" else "false"],
             "aws:PrincipalArn": [principal.arn],
             "aws:PrincipalAccount": [principal.account],

@@ -14,6 +14,7 @@ one S3 answers in its XML.
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import hmac
 import re
@@ -137,7 +138,9 @@ class SignedRequest:
     def timestamp(self) -> float:
         if self.version == 2:
             return float(self.expires)
-        return float(calendar.timegm(time.strptime(self.amz_date, "%Y%m%dT%H%M%SZ")))
+        d = self.amz_date  # yyyymmddTHHMMSSZ, checked when read
+        fields = (int(d[0:4]), int(d[4:6]), int(d[6:8]), int(d[9:11]), int(d[11:13]), int(d[13:15]))
+        return float(calendar.timegm(fields))
 
 
 def read_signature(
@@ -284,6 +287,11 @@ def canonical_query(raw_query: str, presigned: bool) -> str:
     return "&".join(f"{key}={value}" for key, value in sorted(pairs))
 
 
+@functools.lru_cache(maxsize=4096)
+def _canonical_path(raw_path: str) -> str:
+    return quote(normalize_url_path(raw_path or "/"), safe="/~")
+
+
 def canonical_request(
     method: str,
     raw_path: str,
@@ -292,10 +300,7 @@ def canonical_request(
     signed: SignedRequest,
     payload_hash: str,
 ) -> str:
-    if signed.credential.service == "s3":
-        path = raw_path or "/"
-    else:
-        path = quote(normalize_url_path(raw_path or "/"), safe="/~")
+    path = raw_path or "/" if signed.credential.service == "s3" else _canonical_path(raw_path)
     # the signed headers as the client listed them: botocore sorts them, and a list in any
     # other order (or naming a header twice) signs a different canonical request
     wanted = set(signed.signed_headers)

@@ -65,8 +65,15 @@ class RequestContext:
         values: Mapping[str, Sequence[str]] | None = None,
         resolver: Callable[[str, str], Sequence[str] | None] | None = None,
     ) -> None:
-        self.values = {context_key(k): list(v) for k, v in (values or {}).items()}
+        self._given = values or {}
+        self._values: dict[str, list[str]] | None = None  # normalized on first use
         self.resolver = resolver
+
+    @property
+    def values(self) -> dict[str, list[str]]:
+        if self._values is None:
+            self._values = {context_key(k): list(v) for k, v in self._given.items()}
+        return self._values
 
     def get(self, key: str, resource: str) -> list[str] | None:
         found = self.values.get(key)

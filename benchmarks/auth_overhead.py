@@ -1,0 +1,153 @@
+"""The cost of authentication: DescribeTrainingJob requests/s against a server in open mode
+(signatures parsed, not checked) and one in authenticated mode (SigV4 verified against the
+administrator's key, its policies evaluated), measured in the same run.
+
+    .venv/bin/python benchmarks/auth_overhead.py [--seconds 3] [--rounds 5] [--connections 8]
+
+Each server describes a real (finished) training job. The request is signed once by botocore
+and sent as the same bytes over raw keep-alive sockets (a read-only request may be repeated
+within its five minutes), so the client costs almost nothing; the two servers are measured in
+alternating rounds and each figure is the median round. Target (issue 10): verification and
+policy evaluation cost <= 15%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+from botocore.awsrequest import AWSRequest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _salvia import free_port, wait_healthy
+
+JOB = "auth-bench"
+
+
+@contextmanager
+def server(mode: str) -> Iterator[tuple[int, tuple[str, str]]]:
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "SALVIA_HOME": home, "SALVIA_LOG_LEVEL": "warning",
+               "SALVIA_AUTH_MODE": mode}  # fmt: skip
+        env.pop("SALVIA_DATABASE_URL", None)
+        port = free_port()
+        out = Path(home) / "server.out"
+        with out.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "salvia.cli.main", "server", "--port", str(port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}/healthz", process)
+            text = out.read_text()
+            key = ("bench", "bench")
+            if "AWS_ACCESS_KEY_ID=" in text:
+                key = (text.split("AWS_ACCESS_KEY_ID=")[1].split()[0],
+                       text.split("AWS_SECRET_ACCESS_KEY=")[1].split()[0])  # fmt: skip
+            yield port, key
+        finally:
+            process.terminate()
+            process.wait(60)
+
+
+def prepare(port: int, key: tuple[str, str]) -> bytes:
+    """A finished job to describe, and the signed request that describes it, as raw bytes."""
+    sm = boto3.client("sagemaker", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                      aws_access_key_id=key[0], aws_secret_access_key=key[1])  # fmt: skip
+    iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                       aws_access_key_id=key[0], aws_secret_access_key=key[1])  # fmt: skip
+    trust = '{"Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole"}]}'
+    role = iam.create_role(RoleName="bench", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                      aws_access_key_id=key[0], aws_secret_access_key=key[1])  # fmt: skip
+    s3.create_bucket(Bucket="bench")
+    code = io.BytesIO()
+    with tarfile.open(fileobj=code, mode="w:gz") as archive:
+        info = tarfile.TarInfo("train.py")
+        info.size = len(b"print(1)")
+        archive.addfile(info, io.BytesIO(b"print(1)"))
+    s3.put_object(Bucket="bench", Key="code/sourcedir.tar.gz", Body=code.getvalue())
+    sm.create_training_job(
+        TrainingJobName=JOB,
+        RoleArn=role,
+        AlgorithmSpecification={"TrainingImage": "salvia/python", "TrainingInputMode": "File"},
+        HyperParameters={"sagemaker_program": '"train.py"',
+                         "sagemaker_submit_directory": '"s3://bench/code/sourcedir.tar.gz"'},
+        OutputDataConfig={"S3OutputPath": "s3://bench/output"},
+        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
+        StoppingCondition={"MaxRuntimeInSeconds": 60},
+    )  # fmt: skip
+    while sm.describe_training_job(TrainingJobName=JOB)["TrainingJobStatus"] == "InProgress":
+        time.sleep(0.1)
+    sent: list[AWSRequest] = []
+    sm.meta.events.register("before-send", lambda request, **_: sent.append(request))
+    sm.describe_training_job(TrainingJobName=JOB)
+    request = sent[-1]
+    body = request.body if isinstance(request.body, bytes) else str(request.body).encode()
+    lines = ["POST / HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    for name, value in request.headers.items():
+        text = value.decode() if isinstance(value, bytes) else value
+        if name.lower() not in ("host", "content-length"):
+            lines.append(f"{name}: {text}")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _connection(port: int, raw: bytes, until: float, counts: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < until:
+            writer.write(raw)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(head.decode(errors="replace"))
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            counts[0] += 1
+    finally:
+        writer.close()
+
+
+async def rate(port: int, raw: bytes, seconds: float, connections: int) -> float:
+    counts = [0]
+    until = time.perf_counter() + seconds
+    await asyncio.gather(*(_connection(port, raw, until, counts) for _ in range(connections)))
+    return counts[0] / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    with server("open") as (open_port, open_key), server("iam") as (iam_port, iam_key):
+        targets = {"open": (open_port, prepare(open_port, open_key)),
+                   "iam": (iam_port, prepare(iam_port, iam_key))}  # fmt: skip
+        rates: dict[str, list[float]] = {"open": [], "iam": []}
+        for _ in range(args.rounds):
+            for mode, (port, raw) in targets.items():
+                rates[mode].append(asyncio.run(rate(port, raw, args.seconds, args.connections)))
+    open_rate, iam_rate = statistics.median(rates["open"]), statistics.median(rates["iam"])
+    print(f"DescribeTrainingJob, open mode (no verification):   {open_rate:8.0f} requests/s")
+    print(f"DescribeTrainingJob, iam mode (SigV4 + policies):   {iam_rate:8.0f} requests/s")
+    cost = 1 - iam_rate / open_rate
+    print(f"cost of verification and policy evaluation: {cost:.1%} (target <= 15%)")
+
+
+if __name__ == "__main__":
+    main()
