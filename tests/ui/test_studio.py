@@ -28,7 +28,7 @@ loss = 1.0
 for epoch in range(4):
     loss *= args.rate
     print(f"epoch={epoch} loss={loss:.4f};", flush=True)
-    time.sleep(0.3)
+    time.sleep(0.4)
 with open(os.path.join(os.environ["SM_MODEL_DIR"], "rate.txt"), "w") as out:
     out.write(str(args.rate))
 """
@@ -71,6 +71,7 @@ class Seeded:
     group: str
     experiment: str
     component: str
+    source: str
 
 
 def training_request(name: str, source: str) -> dict[str, Any]:
@@ -205,7 +206,7 @@ def seeded(studio_server: SalviaServer) -> Seeded:
                 for step in range(1, 4)
             ],
         )
-    return Seeded(training_job, tuning_job, endpoint, group, experiment, component)
+    return Seeded(training_job, tuning_job, endpoint, group, experiment, component, source)
 
 
 def wait_for(check: Any, timeout: float = 90) -> Any:
@@ -229,13 +230,17 @@ def test_a_training_job_created_with_boto3_appears_with_its_metric_chart(
     visit: Visit, seeded: Seeded, studio_server: SalviaServer
 ) -> None:
     sm = studio_server.client()
+    name = unique("follow")
+    sm.create_training_job(**training_request(name, seeded.source))
     visit.open("/studio/training-jobs")
-    assert visit.page.locator("#list").get_by_text(seeded.training_job).is_visible()
+    assert visit.page.locator("#list").get_by_text(name).is_visible()
 
-    wait_for(lambda: finished(sm, seeded.training_job))
-    visit.open(f"/studio/training-jobs/{seeded.training_job}")
+    # opened while the job runs: the log tail follows it, and the page renews when it ends
+    visit.open(f"/studio/training-jobs/{name}")
     page = visit.page
-    assert page.locator(".status").first.inner_text() == "Completed"
+    page.wait_for_function(
+        "document.querySelector('.actions .status').textContent === 'Completed'", timeout=60_000
+    )
     page.locator("#metric-chart .main-svg").first.wait_for()  # plotly drew it
     assert page.locator("#metric-chart .scatterlayer .point").count() == 4  # one per epoch
     assert "loss" in page.locator("#final-metrics").inner_text()
@@ -244,6 +249,7 @@ def test_a_training_job_created_with_boto3_appears_with_its_metric_chart(
     assert "Completed" in page.locator("#timeline").inner_text()
     assert "epoch=3 loss=0.0625;" in page.locator("#log-tail").inner_text()
     assert "model.tar.gz" in page.locator("#artifacts").inner_text()
+    assert sm.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "Completed"
     visit.assert_clean()
 
 

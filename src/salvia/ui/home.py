@@ -83,6 +83,8 @@ async def home(pages: Pages, request: Request) -> Response:
         request,
         "home.html",
         title="Home",
+        refresh="#counts, #failing, #recent",
+        live=bool(running),
         counts=counts,
         recent=recent[:15],
         failing=failing,

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from salvia.errors import SalviaError
-from salvia.ui.pages import Pages
+from salvia.ui.pages import Pages, busy
 
 
 async def endpoint(pages: Pages, request: Request) -> Response:
@@ -43,6 +43,9 @@ async def endpoint(pages: Pages, request: Request) -> Response:
         request,
         "endpoint.html",
         title=name,
+        # while it is being created or updated, its status and variants are renewed in place
+        refresh="#endpoint-status, #variants",
+        live=busy(described.get("EndpointStatus")),
         endpoint=described,
         config=config,
         config_error=config if isinstance(config, SalviaError) else None,

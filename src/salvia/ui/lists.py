@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from salvia.ui.pages import PREFIX, Pages
+from salvia.ui.pages import PREFIX, Pages, busy
 
 PAGE_SIZES = (10, 25, 50, 100)
 
@@ -227,11 +227,16 @@ async def list_view(pages: Pages, request: Request, spec: ListSpec) -> Response:
     answer = await pages.api.sagemaker(spec.operation, **params)
     path = f"{PREFIX}/{spec.slug}"
     token = answer.get("NextToken")
+    items = answer.get(spec.result_key, [])
+    status = next((c.member for c in spec.columns if c.kind == "status"), None)
     return pages.render(
         request,
         "list.html",
+        # rows whose status is moving are renewed in place until they settle
+        refresh="#list tbody",
+        live=status is not None and any(busy(value_of(item, status)) for item in items),
         spec=spec,
-        items=answer.get(spec.result_key, []),
+        items=items,
         state=state,
         path=path,
         next_link=link(path, state, token=token) if token else "",

@@ -50,6 +50,11 @@ def _status_class(status: Any) -> str:
     return "busy" if text else ""
 
 
+def busy(status: Any) -> bool:
+    """A status that will change by itself (a job running, an endpoint being created)."""
+    return _status_class(status) == "busy"
+
+
 def _short_arn(arn: Any) -> str:
     text = str(arn or "")
     return text.split(":", 5)[-1] if text.startswith("arn:") else text

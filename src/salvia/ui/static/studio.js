@@ -114,7 +114,33 @@ function studioInvoke() {
   });
 }
 
+// Parts of a page whose state is still moving are fetched again and swapped in place.
+function studioRefresh() {
+  var main = document.querySelector("main[data-refresh]");
+  if (!main) return;
+  var selectors = main.dataset.refresh.split(",").map(function (s) { return s.trim(); });
+  function renew() {
+    if (main.dataset.live !== "true" || document.hidden) return setTimeout(renew, 4000);
+    fetch(window.location.href, { headers: { "Accept": "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (html === null) return;
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        selectors.forEach(function (selector) {
+          var now = document.querySelector(selector), then = fresh.querySelector(selector);
+          if (now && then) now.innerHTML = then.innerHTML;
+        });
+        var freshMain = fresh.querySelector("main[data-refresh]");
+        main.dataset.live = freshMain ? freshMain.dataset.live : "false";
+      })
+      .catch(function () {})
+      .then(function () { setTimeout(renew, 4000); });
+  }
+  setTimeout(renew, 4000);
+}
+
 document.addEventListener("DOMContentLoaded", function () {
+  studioRefresh();
   studioCharts();
   studioLogTail();
   studioEndpointLive();
