@@ -230,6 +230,7 @@ def create_platform(settings: Settings) -> Platform:
     access = install_access_control(app, settings, store, run, service_model)
     if access.guard is not None:
         training.ctx.role_credentials = access.role_credentials
+        tracking.ctx.role_credentials = access.role_credentials
     return Platform(
         access=access,
         settings=settings,

@@ -318,3 +318,10 @@ def test_a_non_loopback_address_without_authentication_refuses_to_start(
     )
     assert result.returncode == 2
     assert "--insecure-open-access" in result.stderr
+
+
+def test_studio_without_sign_in_is_closed_in_authenticated_mode(server: SalviaServer) -> None:
+    with pytest.raises(urllib.error.HTTPError) as closed:
+        urllib.request.urlopen(f"{server.url}/studio", timeout=10)
+    assert closed.value.code == 403
+    assert b"sign-in" in closed.value.read()

@@ -11,7 +11,6 @@ Refusals are answered in the shape of the protocol the request was meant for.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,11 +22,9 @@ from xml.etree import ElementTree as ET
 import orjson
 from starlette.responses import Response
 
-from salvia.api import access_map
+from salvia.api import access_map, access_s3
 from salvia.api import s3_xml as xml
 from salvia.api.auth import (
-    EMPTY_SHA256,
-    STREAMING_PAYLOAD,
     UNSIGNED_PAYLOAD,
     SignatureRefused,
     SignedRequest,
@@ -59,7 +56,6 @@ Send = Callable[[Any], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 6 * 1024 * 1024 + 1024
-_HEX64 = frozenset("0123456789abcdef")
 # the error codes of the query protocols (IAM, STS) for the JSON protocols' codes
 _QUERY_CODES = {
     "UnrecognizedClientException": "InvalidClientTokenId",
@@ -118,6 +114,15 @@ class AccessGuard:
         call = self._classify(scope, router)
         if call is None:  # health checks, Prometheus scrapes, Studio's own pages
             await app(scope, receive, send)
+            return
+        if call.kind == "studio":
+            closed = Response(
+                "Studio has no sign-in yet, so it is closed in authenticated mode; use the API "
+                "with signed requests (boto3, the SageMaker SDK, the salvia command).",
+                status_code=403,
+                media_type="text/plain",
+            )
+            await closed(scope, receive, send)
             return
         try:
             if call.needs_body:
@@ -186,10 +191,11 @@ class AccessGuard:
         if not signed and b"X-Amz-Signature=" not in scope.get("query_string", b""):
             if path == "/metrics" and method == "GET":
                 return None  # Prometheus does not sign; the figures are counts, not data
-            if getattr(router, "studio", None) is not None and (
-                path == "/studio" or path.startswith("/studio/")
-            ):
-                return None  # Studio signs its users in itself
+            studio = getattr(router, "studio", None)
+            if studio is not None and (path == "/studio" or path.startswith("/studio/")):
+                # Studio calls the API in process: served only once it signs its users in
+                # itself (and says so), never as an unauthenticated way around the guard
+                return None if getattr(studio, "authenticates_users", False) else _Call("studio")
         if target is not None:
             prefix, _, operation = target.rpartition(".")
             service = router.json_services.get(prefix)
@@ -409,51 +415,12 @@ class AccessGuard:
     def _s3_access(
         self, scope: Scope, call: _Call, context: dict[str, list[str]]
     ) -> list[tuple[str, str]]:
-        from salvia.api.s3_request import S3Request
-
-        async def nothing() -> Any:
-            return {"type": "http.request", "body": b""}
-
-        try:
-            request = S3Request(scope, nothing, self.suffixes)
-        except S3Error:
-            return [("s3:ListAllMyBuckets", "*")]
-        call.operation = scope["method"]
-        query = request.query
-        for name in ("prefix", "delimiter", "max-keys"):
-            if name in query:
-                context[f"s3:{name}"] = [query[name]]
-        access = access_map.s3_access(
-            request.method, request.bucket, request.key, query, request.headers
-        )
-        if access and access[0][0] == "s3:DeleteObject" and call.body is not None:
-            access = [("s3:DeleteObject", access_map.s3_arn(request.bucket, key))
-                      for key in _delete_keys(call.body)] or access  # fmt: skip
+        access = access_s3.s3_access(scope, call.body, self.suffixes, context)
         call.operation = access[0][0].partition(":")[2]
         return access
 
-    # -- S3 bodies -------------------------------------------------------------------------
     def _checked_body(self, call: _Call, signed: SignedRequest, receive: Receive) -> Receive:
-        claimed = signed.payload_hash or ""
-        if claimed == STREAMING_PAYLOAD:
-            return _ChunkChecker(self.verifier, call.secret, signed, receive)
-        if len(claimed) != 64 or not set(claimed) <= _HEX64 or claimed == EMPTY_SHA256:
-            return receive  # UNSIGNED-PAYLOAD, unsigned trailers, or nothing to check
-        digest = hashlib.sha256()
-
-        async def checked() -> Any:
-            message = await receive()
-            if message["type"] == "http.request":
-                digest.update(message.get("body", b""))
-                if not message.get("more_body", False) and digest.hexdigest() != claimed:
-                    raise S3Error(
-                        "XAmzContentSHA256Mismatch",
-                        "The provided 'x-amz-content-sha256' header does not match what was "
-                        "computed.",
-                    )
-            return message
-
-        return checked
+        return access_s3.checked_body(self.verifier, call.secret, signed, receive)
 
     # -- answers ---------------------------------------------------------------------------
     def _refuse(self, call: _Call, error: SignatureRefused) -> Response:
@@ -512,82 +479,6 @@ class AccessGuard:
         )
 
 
-class _ChunkChecker:
-    """Receives an aws-chunked body and checks each chunk's signature as it passes."""
-
-    def __init__(
-        self, verifier: SigV4Verifier, secret: str, signed: SignedRequest, receive: Receive
-    ) -> None:
-        self.verifier, self.secret, self.signed, self.receive = verifier, secret, signed, receive
-        self.previous = signed.signature
-        self.buffer = bytearray()
-        self.state = "size"
-        self.remaining = 0
-        self.claimed = ""
-        self.data = bytearray()
-
-    async def __call__(self) -> Any:
-        message = await self.receive()
-        if message["type"] == "http.request":
-            self._feed(message.get("body", b""))
-            if not message.get("more_body", False) and self.state not in ("done", "trailer"):
-                raise S3Error("IncompleteBody", "The aws-chunked body ended in the middle")
-        return message
-
-    def _feed(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        while True:
-            if self.state == "data":
-                take = min(self.remaining, len(buffer))
-                self.data += buffer[:take]
-                del buffer[:take]
-                self.remaining -= take
-                if self.remaining:
-                    return
-                self._check()
-                self.state = "crlf"
-            elif self.state == "crlf":
-                if len(buffer) < 2:
-                    return
-                del buffer[:2]
-                self.state = "size"
-            elif self.state == "size":
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    return
-                line = bytes(buffer[:end]).decode("latin-1")
-                del buffer[: end + 2]
-                size, _, extension = line.partition(";")
-                name, _, self.claimed = extension.partition("=")
-                try:
-                    self.remaining = int(size.strip(), 16)
-                except ValueError:
-                    raise S3Error("IncompleteBody", "Malformed aws-chunked body") from None
-                if name.strip() != "chunk-signature":
-                    raise S3Error("SignatureDoesNotMatch", "A chunk carries no chunk-signature")
-                if self.remaining == 0:
-                    self._check()
-                    self.state = "trailer"
-                    return
-                self.state = "data"
-            else:
-                buffer.clear()
-                return
-
-    def _check(self) -> None:
-        wanted = self.verifier.chunk_signature(
-            self.secret, self.signed, self.previous, bytes(self.data)
-        )
-        if not hmac.compare_digest(wanted, self.claimed.strip()):
-            raise S3Error(
-                "SignatureDoesNotMatch",
-                "The request signature we calculated does not match the signature you provided.",
-            )
-        self.previous = wanted
-        self.data.clear()
-
-
 async def _read(receive: Receive, limit: int = MAX_BODY) -> bytes:
     chunks, size = [], 0
     while True:
@@ -643,11 +534,3 @@ def _runtime_target(scope: Scope) -> tuple[str, str]:
     found = RuntimeProtocol.endpoint_of(scope["method"], scope["path"])
     assert found is not None
     return found
-
-
-def _delete_keys(body: bytes) -> list[str]:
-    try:
-        document = xml.parse_xml(body, "Delete")
-    except S3Error:
-        return []
-    return [xml.child_text(obj, "Key") or "" for obj in document.findall("Object")]

@@ -44,6 +44,9 @@ class TrackingContext:
     executor: Executor
     clock: Clock
     public_url: Callable[[], str]  # Salvia's own URL, for the artifact proxy's S3 calls
+    # authenticated mode: (role ARN, server name) -> the role's temporary credentials as the
+    # AWS_* variables, for the artifact proxy's S3 calls
+    role_credentials: Callable[[str, str], dict[str, str]] | None = None
 
     @property
     def root(self) -> Path:
@@ -134,6 +137,8 @@ class TrackingServers:
             AWS_DEFAULT_REGION=self.ctx.settings.region,
             PYTHONUNBUFFERED="1",
         )
+        if self.ctx.role_credentials is not None and record.body.get("RoleArn"):
+            env.update(self.ctx.role_credentials(record.body["RoleArn"], record.name))
         spec = InstanceSpec(
             job_name=record.name,
             host="mlflow",
