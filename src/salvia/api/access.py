@@ -43,6 +43,7 @@ from salvia.iam import (
     IdentityStore,
     Principal,
     RequestContext,
+    context_key,
     current_principal,
     evaluate,
 )
@@ -314,8 +315,17 @@ class AccessGuard:
         if principal.unrestricted or access == [("sts:GetCallerIdentity", "*")]:
             return  # as in AWS, anyone signed may ask who they are
         tags: dict[str, dict[str, str]] = {}
+        requested: dict[str, list[str]] = {}
 
         def resolve(key: str, resource: str) -> list[str] | None:
+            # what only some conditions ask for is computed when one does
+            if key.startswith("aws:requesttag/") or key == "aws:tagkeys":
+                if not requested:
+                    found = access_map.request_tags(call.params) if call.kind == "json" else {}
+                    requested.update({context_key(k): v for k, v in found.items()} or {"": []})
+                return requested.get(key)
+            if key == "sagemaker:instancetypes":
+                return access_map.instance_types(call.params) or None
             if key == "aws:currenttime":
                 now = datetime.now(UTC)
                 return [now.strftime("%Y-%m-%dT%H:%M:%SZ")]
@@ -367,12 +377,8 @@ class AccessGuard:
         self, scope: Scope, call: _Call, context: dict[str, list[str]]
     ) -> list[tuple[str, str]]:
         if call.kind == "json":
-            params = _json_params(call.body)
-            context.update(access_map.request_tags(params))
+            params = call.params = _json_params(call.body)
             if call.service == "sagemaker":
-                types = access_map.instance_types(params)
-                if types:
-                    context["sagemaker:InstanceTypes"] = types
                 access = access_map.sagemaker_access(call.operation, params, self.settings)
                 if any(action == "iam:PassRole" for action, _ in access):
                     context["iam:PassedToService"] = ["sagemaker.amazonaws.com"]

@@ -86,7 +86,18 @@ def parse_authorization(header: str | None) -> Credential | None:
     return _parse_header(header)[0]
 
 
+# the shape every botocore-signed header has; anything else takes the general path below
+_BOTOCORE_HEADER = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=([^/,\s]+)/(\d{8})/([^/,\s]+)/([^/,\s]+)/aws4_request, "
+    r"SignedHeaders=([^,\s]+), Signature=([0-9a-f]{64})"
+)
+
+
 def _parse_header(header: str) -> tuple[Credential, list[str], str]:
+    fast = _BOTOCORE_HEADER.fullmatch(header)
+    if fast is not None:
+        key, date, region, service, signed, signature = fast.groups()
+        return Credential(key, date, region, service), signed.split(";"), signature
     algorithm, _, rest = header.strip().partition(" ")
     if algorithm != ALGORITHM:
         raise IncompleteSignature(
@@ -138,9 +149,15 @@ class SignedRequest:
     def timestamp(self) -> float:
         if self.version == 2:
             return float(self.expires)
-        d = self.amz_date  # yyyymmddTHHMMSSZ, checked when read
-        fields = (int(d[0:4]), int(d[4:6]), int(d[6:8]), int(d[9:11]), int(d[11:13]), int(d[13:15]))
-        return float(calendar.timegm(fields))
+        return _epoch(self.amz_date)
+
+
+@functools.lru_cache(maxsize=256)
+def _epoch(amz_date: str) -> float:
+    """yyyymmddTHHMMSSZ (checked when read) as epoch seconds; a second's requests share it."""
+    d = amz_date
+    fields = (int(d[0:4]), int(d[4:6]), int(d[6:8]), int(d[9:11]), int(d[11:13]), int(d[13:15]))
+    return float(calendar.timegm(fields))
 
 
 def read_signature(
@@ -397,7 +414,7 @@ class SigV4Verifier:
             (ALGORITHM, signed.amz_date, scope, hashlib.sha256(request.encode()).hexdigest())
         )
         key = self.signing_key(secret, credential)
-        return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(key, to_sign.encode(), "sha256").hex()
 
     def verify(
         self,
@@ -437,11 +454,11 @@ class SigV4Verifier:
             )
         )
         key = self.signing_key(secret, credential)
-        return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(key, to_sign.encode(), "sha256").hex()
 
 
 def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.new(key, message.encode(), hashlib.sha256).digest()
+    return hmac.digest(key, message.encode(), "sha256")
 
 
 def chunk_mismatch() -> SignatureRefused:

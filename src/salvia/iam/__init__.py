@@ -8,7 +8,15 @@
 
 from salvia.iam.audit import AuditEvent, AuditTrail
 from salvia.iam.identities import IdentityStore, Principal, current_principal
-from salvia.iam.policy import ALLOW, EXPLICIT_DENY, IMPLICIT_DENY, Policy, RequestContext, evaluate
+from salvia.iam.policy import (
+    ALLOW,
+    EXPLICIT_DENY,
+    IMPLICIT_DENY,
+    Policy,
+    RequestContext,
+    context_key,
+    evaluate,
+)
 from salvia.iam.secrets import SecretBox
 
 __all__ = [
@@ -22,6 +30,7 @@ __all__ = [
     "Principal",
     "RequestContext",
     "SecretBox",
+    "context_key",
     "current_principal",
     "evaluate",
 ]

@@ -43,6 +43,8 @@ def _wildcard(pattern: str, ignore_case: bool) -> re.Pattern[str]:
 
 
 def _matches(pattern: str, value: str, ignore_case: bool = False) -> bool:
+    if pattern == "*":
+        return True
     if "*" not in pattern and "?" not in pattern:
         return pattern.lower() == value.lower() if ignore_case else pattern == value
     if "[" in pattern:  # fnmatch's brackets mean nothing in IAM
