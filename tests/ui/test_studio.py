@@ -42,7 +42,7 @@ def model_fn(model_dir):
 
 def input_fn(body, content_type):
     text = body if isinstance(body, str) else body.decode()
-    return [float(v) for v in text.split(",")]
+    return [float(v) for v in text.replace("\\n", ",").split(",") if v.strip()]
 
 def predict_fn(data, factor):
     return [v * factor for v in data]
@@ -50,6 +50,10 @@ def predict_fn(data, factor):
 def output_fn(prediction, accept):
     return json.dumps({"predictions": prediction}), "application/json"
 """
+
+PROCESS = "import os; print(sorted(os.listdir('/opt/ml/processing/input/data'))); " + (
+    "raise SystemExit('the data did not add up')"
+)
 
 
 def archive(files: dict[str, str]) -> bytes:
@@ -72,6 +76,8 @@ class Seeded:
     experiment: str
     component: str
     source: str
+    processing_job: str
+    transform_job: str
 
 
 def training_request(name: str, source: str) -> dict[str, Any]:
@@ -206,7 +212,59 @@ def seeded(studio_server: SalviaServer) -> Seeded:
                 for step in range(1, 4)
             ],
         )
-    return Seeded(training_job, tuning_job, endpoint, group, experiment, component, source)
+    processing_job = unique("fails")
+    sm.create_processing_job(
+        ProcessingJobName=processing_job,
+        RoleArn=ROLE,
+        AppSpecification={
+            "ImageUri": SKLEARN_IMAGE,
+            "ContainerEntrypoint": ["python3", "-c", PROCESS],
+        },
+        ProcessingInputs=[
+            {
+                "InputName": "data",
+                "S3Input": {
+                    "S3Uri": f"s3://{BUCKET}/data/",
+                    "LocalPath": "/opt/ml/processing/input/data",
+                    "S3DataType": "S3Prefix",
+                    "S3InputMode": "File",
+                },
+            }
+        ],
+        ProcessingResources={
+            "ClusterConfig": {
+                "InstanceCount": 1,
+                "InstanceType": "ml.m5.large",
+                "VolumeSizeInGB": 1,
+            }
+        },
+        StoppingCondition={"MaxRuntimeInSeconds": 60},
+    )
+    transform_job = unique("batch")
+    sm.create_transform_job(
+        TransformJobName=transform_job,
+        ModelName=endpoint,
+        TransformInput={
+            "DataSource": {
+                "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/data/"}
+            },
+            "ContentType": "text/csv",
+            "SplitType": "Line",
+        },
+        TransformOutput={"S3OutputPath": f"s3://{BUCKET}/batch-out"},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+    )
+    return Seeded(
+        training_job,
+        tuning_job,
+        endpoint,
+        group,
+        experiment,
+        component,
+        source,
+        processing_job,
+        transform_job,
+    )
 
 
 def wait_for(check: Any, timeout: float = 90) -> Any:
@@ -266,8 +324,25 @@ def test_every_page_loads_cleanly_on_desktop_and_tablet(
             == "Completed"
         )
     )
+    for done in (
+        lambda: (
+            sm.describe_processing_job(ProcessingJobName=seeded.processing_job)[
+                "ProcessingJobStatus"
+            ]
+            == "Failed"
+        ),
+        lambda: (
+            sm.describe_transform_job(TransformJobName=seeded.transform_job)["TransformJobStatus"]
+            == "Completed"
+        ),
+    ):
+        wait_for(done)
+    visit.open("/studio/home")
+    assert "the data did not add up" in visit.page.locator("#failing").inner_text()
     pages = [
         "/studio/home",
+        f"/studio/processing-jobs/{seeded.processing_job}",
+        f"/studio/transform-jobs/{seeded.transform_job}",
         "/studio/training-jobs?sort=Name&order=Ascending&q=train",
         f"/studio/training-jobs/{seeded.training_job}",
         "/studio/tuning-jobs",
@@ -294,6 +369,7 @@ def test_every_page_loads_cleanly_on_desktop_and_tablet(
         response = visit.open(path)
         assert response.status == 200, (path, response.status)
         assert visit.page.locator("main h1").count() == 1, path
+        visit.screenshot(f"page{path.split('?')[0].replace('/studio', '')}")
     # the tuning job's trials, best first, and its objective chart
     visit.open(f"/studio/tuning-jobs/{seeded.tuning_job}")
     assert visit.page.locator("#trials tbody tr").count() == 2

@@ -60,12 +60,12 @@ def create_studio(api: StudioApi) -> Starlette:
         assert isinstance(exc, HTTPException)
         error = SalviaError(str(exc.detail))
         error.code = "NotFound" if exc.status_code == 404 else f"HTTP {exc.status_code}"
-        return pages.render(request, "error.html", status=exc.status_code, error=error)
+        return pages.render(request, "error.html", http_status=exc.status_code, error=error)
 
     async def internal(request: Request, exc: Exception) -> Response:
         log.exception("Studio page %s failed", request.url.path, exc_info=exc)
         error = SalviaError(f"An internal error occurred: {type(exc).__name__}: {exc}")
-        return pages.render(request, "error.html", status=500, error=error)
+        return pages.render(request, "error.html", http_status=500, error=error)
 
     routes: list[BaseRoute] = [
         Route("/", lambda request: RedirectResponse(f"{PREFIX}/home")),

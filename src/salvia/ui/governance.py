@@ -17,6 +17,7 @@ from salvia.ui.pages import PREFIX, Pages, read_form
 
 RUNS_SHOWN = 100  # runs of one experiment described for the comparison
 STATS = ("Last", "Max", "Min", "Avg")
+LABELLED = 100  # artifacts of one graph described for their labels
 
 
 async def package_group(pages: Pages, request: Request) -> Response:
@@ -185,8 +186,26 @@ async def trial_component(pages: Pages, request: Request) -> Response:
     )
 
 
+async def artifact_labels(pages: Pages, vertices: list[dict[str, Any]]) -> dict[str, str]:
+    """Artifacts are keyed by a hash: they are shown by their name, else their source's tail."""
+    labels = {}
+    for vertex in vertices[:LABELLED]:
+        if vertex.get("LineageType") != "Artifact":
+            continue
+        found = await pages.api.attempt("DescribeArtifact", ArtifactArn=vertex["Arn"])
+        if isinstance(found, SalviaError):
+            continue
+        uri = (found.get("Source") or {}).get("SourceUri", "")
+        label = found.get("ArtifactName") or uri.rstrip("/").rsplit("/", 2)[-2:]
+        labels[vertex["Arn"]] = label if isinstance(label, str) else "/".join(label)
+    return labels
+
+
 def layout(
-    start: str, vertices: list[dict[str, Any]], edges: list[dict[str, Any]]
+    start: str,
+    vertices: list[dict[str, Any]],
+    edges: list[dict[str, Any]],
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Columns by distance from the start (ascendants left, descendants right), rows in order."""
     level = {start: 0}
@@ -219,13 +238,13 @@ def layout(
         row = rows.get(column, 0)
         rows[column] = row + 1
         vertex = by_arn.get(arn, {"Arn": arn, "Type": "", "LineageType": ""})
-        name = arn.rsplit("/", 1)[-1]
+        name = (labels or {}).get(arn) or arn.rsplit("/", 1)[-1]
         nodes.append(
             {
                 "arn": arn,
                 "x": 10 + column * (width + gap_x),
                 "y": 10 + row * (height + gap_y),
-                "label": name if len(name) <= 28 else name[:26] + "…",
+                "label": name if len(name) <= 28 else "…" + name[-26:],
                 "kind": f"{vertex.get('LineageType', '')} · {vertex.get('Type', '')}".strip(" ·"),
                 "focus": arn == start,
             }
@@ -266,7 +285,7 @@ async def lineage(pages: Pages, request: Request) -> Response:
             )
             vertices = answer.get("Vertices", [])
             edges = answer.get("Edges", [])
-            graph = layout(entity, vertices, edges)
+            graph = layout(entity, vertices, edges, await artifact_labels(pages, vertices))
         except SalviaError as failure:
             error = failure
     else:

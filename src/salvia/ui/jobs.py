@@ -111,6 +111,7 @@ async def _log_context(pages: Pages, slug: str, name: str, status: str) -> dict[
         "log_url": f"{PREFIX}/{slug}/{name}/log",
         "log_error": error,
         "log_status": status,
+        "log_group": group,
     }
 
 
@@ -278,7 +279,7 @@ async def other_job(pages: Pages, request: Request) -> Response:
         f"{slug.replace('-', '_')[:-1]}.html",
         title=name,
         job=job,
-        status=status,
+        job_status=status,
         slug=slug,
         notice=request.query_params.get("notice"),
         **await _log_context(pages, slug, name, status),

@@ -74,19 +74,19 @@ class Pages:
         self.env.filters.update(
             when=_when, duration=_duration, status_class=_status_class, short_arn=_short_arn
         )
-        self.env.globals.update(prefix=PREFIX, version=__version__, terminal=TERMINAL)
+        self.env.globals.update(prefix=PREFIX, salvia_version=__version__, terminal=TERMINAL)
 
     def render(
-        self, request: Request, template: str, status: int = 200, **context: Any
+        self, request: Request, template: str, http_status: int = 200, **context: Any
     ) -> Response:
         html = self.env.get_template(template).render(request=request, **context)
-        return HTMLResponse(html, status_code=status)
+        return HTMLResponse(html, status_code=http_status)
 
     def error(self, request: Request, error: SalviaError) -> Response:
         status = JSON_STATUS.get(error.code, 400)
         if error.code in {"ResourceNotFound", "ResourceNotFoundException"}:
             status = 404
-        return self.render(request, "error.html", status=status, error=error)
+        return self.render(request, "error.html", http_status=status, error=error)
 
 
 FORM_LIMIT = 64 * 1024
