@@ -106,6 +106,10 @@ def test_iam_operations_as_boto3_calls_them(server: SalviaServer) -> None:
         == "MalformedPolicyDocument"
     )
 
+    iam.update_access_key(UserName=name, AccessKeyId=key["AccessKeyId"], Status="Inactive")
+    assert denied(as_alice.list_experiments) == "UnrecognizedClientException"
+    iam.update_access_key(UserName=name, AccessKeyId=key["AccessKeyId"], Status="Active")
+    assert "ExperimentSummaries" in as_alice.list_experiments(MaxResults=5)
     iam.delete_access_key(UserName=name, AccessKeyId=key["AccessKeyId"])
     refused = denied(as_alice.list_experiments)
     assert refused == "UnrecognizedClientException"  # a deleted key is an unknown key

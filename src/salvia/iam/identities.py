@@ -431,9 +431,23 @@ class IdentityStore:
         self.store.delete(ACCESS_KEY, key)
         self._changed()
 
+    def set_access_key_status(self, key: str, user: str | None, status: str) -> None:
+        if status not in ("Active", "Inactive"):
+            raise InvalidInput(f"Status must be Active or Inactive, got {status!r}.")
+        record = self.store.get(ACCESS_KEY, key)
+        if record is None or (user is not None and record.parent != user.lower()):
+            raise NoSuchEntity(f"The Access Key with id {key} cannot be found.")
+
+        def change(found: Record) -> None:
+            found.status = status
+
+        self.store.update(ACCESS_KEY, key, change, self.clock.now())
+        self._changed()
+
     def bootstrap_admin(self) -> dict[str, Any] | None:
-        """The first administrator's key, created once: None when one exists already."""
-        if self.store.get(USER, ADMIN_USER) is not None:
+        """The first administrator's key, on the first start only: None once any user exists
+        (deleting the administrator later does not make a restart print a new key)."""
+        if self.store.list_records(ListQuery(kind=USER, limit=1)).records:
             return None
         self.create_user(ADMIN_USER)
         self.attach(USER, ADMIN_USER, AWS_POLICY_PREFIX + "AdministratorAccess")

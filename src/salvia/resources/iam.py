@@ -106,6 +106,13 @@ class IamOperations:
         self.ids.delete_access_key(params["AccessKeyId"], self._caller_name(params))
         return {}
 
+    @operation("UpdateAccessKey")
+    def update_access_key(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.ids.set_access_key_status(
+            params["AccessKeyId"], self._caller_name(params), params["Status"]
+        )
+        return {}
+
     # -- groups ----------------------------------------------------------------------------
     @operation("CreateGroup")
     def create_group(self, params: dict[str, Any]) -> dict[str, Any]:
