@@ -325,3 +325,19 @@ def test_studio_without_sign_in_is_closed_in_authenticated_mode(server: SalviaSe
         urllib.request.urlopen(f"{server.url}/studio", timeout=10)
     assert closed.value.code == 403
     assert b"sign-in" in closed.value.read()
+
+
+def test_keys_and_queries_with_characters_to_escape_verify(
+    server: SalviaServer, bucket: str
+) -> None:
+    s3 = server.client("s3")
+    key = "odd dir/a b+c&d=é~(1)*.txt"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"odd")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"odd"
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="odd dir/a b+", MaxKeys=1)
+    assert [o["Key"] for o in listed["Contents"]] == [key]
+    url = server.client("s3", signature_version="s3v4").generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}
+    )
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == b"odd"
