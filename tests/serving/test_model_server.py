@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -491,6 +492,64 @@ def test_xgboost_model(tmp_path: Path, framework: str) -> None:
         parameters = server.request("GET", "/execution-parameters")
         assert parameters.status == 200
         assert parameters.json()["BatchStrategy"] == "MULTI_RECORD"  # type: ignore[index]
+
+
+def test_several_workers_share_the_port_and_a_dead_one_is_replaced(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    write_script(
+        model_dir,
+        """
+        import os, time
+
+        def model_fn(model_dir):
+            return os.getpid()
+
+        def transform_fn(model, body, content_type, accept):
+            time.sleep(0.05)  # long enough that concurrent calls land on both workers
+            return str(model), "text/plain"
+        """,
+    )
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}
+    with serving(model_dir, env) as server:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def answering_pids() -> set[int]:
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda _: server.invoke("x", "text/plain"), range(16)))
+            assert all(a.status == 200 for a in answers), [a.text for a in answers]
+            return {int(a.text) for a in answers}
+
+        workers = answering_pids()
+        assert len(workers) == 2
+        parent = server.proc.pid
+        assert all(_parent_of(pid) == parent for pid in workers)  # forked by the server
+
+        os.kill(next(iter(workers)), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = answering_pids()
+            if len(now) == 2 and now != workers:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no replacement worker: {server.log.read_text()}")
+        survivors = now
+    for pid in survivors:  # terminating the server ended its workers
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def test_builtin_kmeans_model(tmp_path: Path) -> None:

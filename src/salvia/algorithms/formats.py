@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from salvia.algorithms.base import AlgorithmError
 
@@ -95,3 +97,30 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(type(value).__name__)
+
+
+# orjson writes the same shortest round-tripping digits as Python's `repr(float)`, but its
+# exponents are bare ("1e-7", "1e16" for "1e-07", "1e+16") and it keeps 1e-5 <= |x| < 1e-4
+# positional ("0.00002" for "2e-05"). These rewrites (templates, no Python per match) make its
+# text Python's. The positional ones lead with a literal, which the regex engine finds at
+# memchr speed, and look behind it so that the tail of "10.00001" is left alone.
+_PYTHON_FORMS = [
+    (re.compile(rb"e(\d)"), rb"e+\1"),
+    (re.compile(rb"e([+-])(\d)(?!\d)"), rb"e\g<1>0\2"),
+    (re.compile(rb"0\.0000(?<![\d.]0\.0000)([1-9])(\d+)"), rb"\1.\2e-05"),
+    (re.compile(rb"0\.0000(?<![\d.]0\.0000)([1-9])(?!\d)"), rb"\1e-05"),
+]
+PYTHON_LINES_BELOW = 1024  # below this many values, plain Python is as fast
+
+
+def float_lines(values: np.ndarray) -> bytes:
+    """`"\\n".join(map(str, values.tolist())) + "\\n"` (how SageMaker's containers write a
+    batch's predictions), byte for byte, at C speed for large batches (a million values in
+    ~0.06 s instead of ~0.5 s)."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    if len(flat) < PYTHON_LINES_BELOW or not np.isfinite(flat).all():  # orjson writes nan as null
+        return ("\n".join(map(str, flat.tolist())) + "\n").encode()
+    text = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].replace(b",", b"\n")
+    for pattern, template in _PYTHON_FORMS:
+        text = pattern.sub(template, text)
+    return text + b"\n"

@@ -32,12 +32,16 @@ _BULK_BYTES = 64 * 1024
 _THREADS = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 
 
-def csv_rows(text: str) -> tuple[np.ndarray, str]:
-    """Rows of a CSV text with the delimiter sniffed; empty cells are missing values."""
+def csv_rows(text: str | bytes) -> tuple[np.ndarray, str]:
+    """Rows of a CSV text (or its UTF-8 bytes) with the delimiter sniffed; empty cells are
+    missing values."""
     text = text.strip()
     if not text:
         return np.empty((0, 0)), ","
-    head = text[: text.find("\n") if "\n" in text else len(text)][:512]
+    first = text[:4096]
+    if isinstance(first, bytes):
+        first = first.decode("utf-8", "replace")
+    head = first[: first.find("\n") if "\n" in first else len(first)][:512]
     if "," in head and not any(other in head for other in ";\t| "):
         delimiter = ","  # what sniffing finds, without its cost (~70 us) on the serving path
     else:
@@ -50,9 +54,13 @@ def csv_rows(text: str) -> tuple[np.ndarray, str]:
         if len(text) > _BULK_BYTES:  # batch transform's megabytes: the C parser, ~20x faster
             import pandas as pd
 
-            frame = pd.read_csv(io.StringIO(text), header=None, sep=delimiter, dtype=np.float64,
+            # bytes as they came: pandas would encode a str back to UTF-8 to parse it
+            source = io.BytesIO(text) if isinstance(text, bytes) else io.StringIO(text)
+            frame = pd.read_csv(source, header=None, sep=delimiter, dtype=np.float64,
                                 skip_blank_lines=True, engine="c")  # fmt: skip
             return frame.to_numpy(), delimiter
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
         lines = [line for line in text.split("\n") if line.strip()]
         rows = [[float(x) if x.strip() else np.nan for x in line.split(delimiter)]
                 for line in lines]  # fmt: skip
@@ -134,11 +142,11 @@ def input_fn(body: bytes | str, content_type: str | None) -> Any:
     import xgboost as xgb
 
     base = (content_type or formats.CSV).split(";")[0].strip().lower()
-    text = body.decode("utf-8") if isinstance(body, bytes) and base != formats.RECORDIO else body
     if base in ("text/csv", "csv"):
-        rows, _ = csv_rows(str(text))
+        rows, _ = csv_rows(body)
         # threads only pay off for big batches; for a few rows they cost more than they save
         return xgb.DMatrix(rows, nthread=1 if len(rows) < _THREADED_ROWS else -1)
+    text = body.decode("utf-8") if isinstance(body, bytes) and base != formats.RECORDIO else body
     if base in ("text/libsvm", "text/x-libsvm", "libsvm"):
         return xgb.DMatrix(_request_libsvm(str(text).strip()))
     if base in (formats.JSON, formats.JSONLINES, formats.RECORDIO, "application/jsonl"):
@@ -200,6 +208,8 @@ def output_fn(prediction: Predictions, accept: str | None) -> tuple[bytes, str]:
         keys = os.environ["SAGEMAKER_INFERENCE_OUTPUT"].replace(" ", "").lower().split(",")
         selected = _selected(prediction, keys)
         return _encode_selected(selected, keys, kind, batch), kind
+    if batch and prediction.values.ndim == 1:
+        return formats.float_lines(prediction.values), kind
     values = prediction.values.tolist()
     if batch:
         return ("\n".join(map(str, values)) + "\n").encode(), kind

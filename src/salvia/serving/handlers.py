@@ -16,6 +16,7 @@ defaults of the framework named by `SALVIA_FRAMEWORK`:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -228,6 +229,33 @@ def framework_defaults(framework: str) -> HandlerSet:
         f"SALVIA_FRAMEWORK: '{framework}' is not one of python, sklearn, xgboost, pytorch, "
         "algorithm:<name>."
     )
+
+
+# What loading a framework's model imports. A model server with several workers imports these
+# once and forks its workers after (as SageMaker's XGBoost image, whose gunicorn forks workers
+# from a master that imported xgboost), so that each worker is serving within milliseconds
+# instead of importing them anew (xgboost brings scikit-learn, SciPy and pandas: ~1.5 s).
+_FRAMEWORK_LIBRARIES = {
+    "sklearn": ("sklearn", "joblib"),
+    "xgboost": ("xgboost", "salvia.algorithms.xgboost_inference"),
+    "pytorch": ("torch",),
+}
+_ALGORITHM_LIBRARIES = {"xgboost": "xgboost", "lightgbm": "lightgbm", "catboost": "catboost"}
+
+
+def preload(framework: str) -> None:
+    """Import what `framework`'s model loading needs, where it is installed (a worker that then
+    fails to load its model reports why on /ping, as it would have without this)."""
+    name = framework.strip().lower()
+    modules = list(_FRAMEWORK_LIBRARIES.get(name, ()))
+    if name.startswith("algorithm:"):
+        from salvia.algorithms.registry import ALGORITHMS
+
+        algorithm = name.split(":", 1)[1]
+        modules += [ALGORITHMS.get(algorithm, ""), _ALGORITHM_LIBRARIES.get(algorithm, "")]
+    for module in filter(None, modules):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
 
 
 # ----------------------------------------------------------------------------------- user code

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -460,8 +461,63 @@ def main(argv: list[str] | None = None) -> None:
         uvicorn.run(ModelServer(Settings.from_environ(args.model_dir, os.environ)), **options)
     else:
         os.environ[_MODEL_DIR_VARIABLE] = str(args.model_dir.resolve())
-        uvicorn.run("salvia.serving.model_server:create_app", factory=True, workers=workers,
-                    **options)  # fmt: skip
+        _prefork(workers, options)
+
+
+def _prefork(workers: int, options: dict[str, Any]) -> None:
+    """`workers` server processes on one listening socket, forked after the framework's
+    libraries are imported here (see `handlers.preload`); one that dies is replaced, and
+    SIGTERM/SIGINT stop them all."""
+    import signal
+    import socket
+
+    import uvicorn
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((options["host"], options["port"]))
+    listener.listen(2048)
+    handlers.preload(os.environ.get("SALVIA_FRAMEWORK", ""))
+    stopping = False
+    children: set[int] = set()
+
+    def fork_worker() -> None:
+        pid = os.fork()
+        if pid:
+            children.add(pid)
+            return
+        status = 1
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)  # uvicorn installs its own
+            config = uvicorn.Config(create_app(), **options)
+            uvicorn.Server(config).run(sockets=[listener])
+            status = 0
+        finally:
+            os._exit(status)
+
+    def stop(signum: int, _: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    for _ in range(workers):
+        fork_worker()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    last_fork = time.monotonic()
+    while children:
+        try:
+            pid, _status = os.wait()
+        except ChildProcessError:
+            break
+        children.discard(pid)
+        if not stopping:  # a worker died: replace it, at most one a second
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - last_fork)))
+            last_fork = time.monotonic()
+            fork_worker()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""The shared request/response formats of the built-in algorithms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from salvia.algorithms.formats import PYTHON_LINES_BELOW, float_lines
+
+
+def python_lines(values: np.ndarray) -> bytes:
+    """What SageMaker's XGBoost container writes for a batch: `str` of each value."""
+    return ("\n".join(map(str, np.asarray(values).ravel().tolist())) + "\n").encode()
+
+
+RNG = np.random.default_rng(7)
+EDGES = [0.0, -0.0, 1e-4, 9.99e-5, 1e-5, -1e-5, 1e15, 1e16, 123456789012345.6, 5e-324]
+EDGES += [999999999.9999999, 1e22, 1.7976931348623157e308, 2.2250738585072014e-308]
+EDGES += [10.00001, 100.000012, 0.00001, -0.00002]
+CASES = {
+    "probabilities": RNG.random(50_000).astype(np.float32),
+    "saturated sigmoid": (1 / (1 + np.exp(-RNG.normal(size=50_000) * 12))).astype(np.float32),
+    "every float32 decade": (
+        RNG.normal(size=50_000) * 10.0 ** RNG.integers(-40, 39, 50_000)
+    ).astype(np.float32),
+    "every float64 decade": RNG.normal(size=50_000) * 10.0 ** RNG.integers(-300, 300, 50_000),
+    "the 1e-5 decade": RNG.uniform(1e-5, 1e-4, 5_000) * RNG.choice([-1, 1], 5_000),
+    "integers": RNG.integers(-5, 5, 5_000).astype(np.float32),
+    "edges": np.array(EDGES * 100),
+    "not finite": np.array([np.nan, 1.5, np.inf, -np.inf] * 500),
+    "few": np.array([0.5, 2e-05]),
+    "none": np.array([], dtype=np.float32),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_float_lines_are_pythons_text_byte_for_byte(name: str) -> None:
+    values = CASES[name]
+    assert float_lines(values) == python_lines(values)
+
+
+def test_large_batches_take_the_fast_path() -> None:
+    assert len(CASES["probabilities"]) > PYTHON_LINES_BELOW  # the cases above exercise it
