@@ -307,3 +307,22 @@ def test_the_audit_trail_holds_the_calls_and_refusals_of_a_user(server: SalviaSe
         LookupAttributes=[{"AttributeKey": "EventName", "AttributeValue": "CreateTrial"}]
     )["Events"]
     assert any(e["Username"] == name for e in only_denials)
+
+
+def test_log_group_resources(server: SalviaServer) -> None:
+    group = "/aws/sagemaker/TrainingJobs"
+    _, key, secret = new_user(
+        server,
+        {
+            "Effect": "Allow",
+            "Action": "logs:DescribeLogStreams",
+            "Resource": f"arn:aws:logs:*:{ACCOUNT}:log-group:{group}",
+        },
+    )
+    logs = server.client("logs", credentials=(key, secret))
+    try:
+        logs.describe_log_streams(logGroupName=group)
+    except ClientError as error:  # no job has logged yet: not found, but not refused
+        assert error.response["Error"]["Code"] == "ResourceNotFoundException"
+    other = logs.describe_log_streams
+    assert denied(other, logGroupName="/aws/sagemaker/Endpoints") == "AccessDeniedException"

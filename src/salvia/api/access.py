@@ -200,7 +200,8 @@ class AccessGuard:
         if target is not None:
             prefix, _, operation = target.rpartition(".")
             service = router.json_services.get(prefix)
-            name = service.model.metadata.get("signingName") if service else None
+            meta = service.model.metadata if service else {}
+            name = meta.get("signingName") or meta.get("endpointPrefix")
             return _Call("json", str(name or prefix.lower()), operation)
         if (
             method == "POST"
@@ -214,7 +215,9 @@ class AccessGuard:
         for rest in router.rest_services:
             found = rest.match(method, path)
             if found is not None:
-                return _Call("rest", "sagemaker", found[0].name)
+                rest_call = _Call("rest", "sagemaker", found[0].name)
+                rest_call.params = found[1]  # the URI's labels (FeatureGroupName, ...)
+                return rest_call
         # S3 bodies stream through; DeleteObjects' is read for its keys, each one checked
         deleting = method == "POST" and b"delete" in scope.get("query_string", b"")
         return _Call("s3", needs_body=deleting)
@@ -383,6 +386,11 @@ class AccessGuard:
                 if any(action == "iam:PassRole" for action, _ in access):
                     context["iam:PassedToService"] = ["sagemaker.amazonaws.com"]
                 return access
+            group = params.get("logGroupName") if call.service == "logs" else None
+            if isinstance(group, str) and group:
+                region, account = self.settings.region, self.settings.account_id
+                return [(f"logs:{call.operation}",
+                         f"arn:aws:logs:{region}:{account}:log-group:{group}")]  # fmt: skip
             return [(f"{call.service}:{call.operation}", "*")]
         if call.kind == "query":
             service = "sts" if call.params.get("Version") == "2011-06-15" else "iam"
@@ -398,7 +406,9 @@ class AccessGuard:
             call.operation = operation
             return [(f"sagemaker:{operation}", self.settings.arn("endpoint", name.lower()))]
         if call.kind == "rest":
-            return [(f"sagemaker:{call.operation}", "*")]
+            group = call.params.get("FeatureGroupName")
+            resource = self.settings.arn("feature-group", group.lower()) if group else "*"
+            return [(f"sagemaker:{call.operation}", resource)]
         return self._s3_access(scope, call, context)
 
     def _iam_resource(self, service: str, params: dict[str, Any]) -> str:
