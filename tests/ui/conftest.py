@@ -63,9 +63,11 @@ class Visit:
     requests: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
 
-    def open(self, path: str) -> Any:
+    def open(self, path: str, settle: bool = True) -> Any:
+        """Load a page; `settle` also waits for the requests its scripts make at once."""
         response = self.page.goto(self.base + path, wait_until="load")
-        self.page.wait_for_load_state("networkidle")
+        if settle:
+            self.page.wait_for_load_state("networkidle")
         return response
 
     def outside_requests(self) -> list[str]:

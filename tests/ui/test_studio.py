@@ -7,6 +7,8 @@ import io
 import json
 import tarfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -366,7 +368,7 @@ def test_every_page_loads_cleanly_on_desktop_and_tablet(
         f"/studio/lineage?arn={sm.describe_endpoint(EndpointName=seeded.endpoint)['EndpointArn']}",
     ]
     for path in pages:
-        response = visit.open(path)
+        response = visit.open(path, settle=False)
         assert response.status == 200, (path, response.status)
         assert visit.page.locator("main h1").count() == 1, path
         visit.screenshot(f"page{path.split('?')[0].replace('/studio', '')}")
@@ -381,12 +383,8 @@ def test_every_page_loads_cleanly_on_desktop_and_tablet(
     assert visit.page.locator("#lineage-graph .node").count() >= 2
 
     visit.page.set_viewport_size(TABLET)
-    for path in [
-        *pages[:3],
-        f"/studio/endpoints/{seeded.endpoint}",
-        f"/studio/experiments/{seeded.experiment}",
-    ]:
-        visit.open(path)
+    for path in pages:
+        visit.open(path, settle=False)
         overflow = visit.page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
@@ -440,3 +438,18 @@ def test_api_errors_are_shown_in_words(visit: Visit, seeded: Seeded) -> None:
     assert response.status == 404
     assert "ResourceNotFound" in visit.page.locator(".error").inner_text()
     assert visit.outside_requests() == []
+
+
+def test_a_form_posted_from_another_site_is_refused(
+    studio_server: SalviaServer, seeded: Seeded
+) -> None:
+    request = urllib.request.Request(
+        f"{studio_server.url}/studio/training-jobs/{seeded.training_job}/stop",
+        data=b"",
+        method="POST",
+        headers={"Origin": "http://elsewhere.example", "Sec-Fetch-Site": "cross-site"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    refused.value.close()
+    assert refused.value.code == 403

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import urllib.parse
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -12,8 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from salvia.errors import SalviaError
 from salvia.ui import governance, home, hosting, jobs, lists
@@ -34,6 +36,32 @@ def plotly_js() -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+class SameOrigin:
+    """Refuses a form posted to Studio from another site (a stop or an approval is a simple
+    request, which a browser sends cross-site without asking). Browsers name the posting page's
+    origin in `Origin` or `Sec-Fetch-Site`; a client that names neither is not a browser."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            site = headers.get("sec-fetch-site")
+            origin = headers.get("origin")
+            host = headers.get("host", "")
+            cross = site not in (None, "same-origin", "none") or (
+                origin is not None and urllib.parse.urlsplit(origin).netloc != host
+            )
+            if cross:
+                refused = PlainTextResponse(
+                    "Studio refuses forms posted from another site.", status_code=403
+                )
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _static(request: Request) -> Response:
@@ -81,6 +109,6 @@ def create_studio(api: StudioApi) -> Starlette:
             Mount(PREFIX, routes=routes),
             Route(PREFIX, lambda r: RedirectResponse(f"{PREFIX}/home")),
         ],
-        middleware=[Middleware(GZipMiddleware, minimum_size=2048)],
+        middleware=[Middleware(SameOrigin), Middleware(GZipMiddleware, minimum_size=2048)],
         exception_handlers={SalviaError: api_error, HTTPException: not_found, Exception: internal},
     )
