@@ -108,6 +108,36 @@ class TestMetadataStoreContract:
         assert names(name_contains="_") == ["red_hen"]  # LIKE wildcards are escaped
         assert names(created_after=0.5, created_before=2.5) == ["blue-fox", "red_hen"]
 
+    def test_members_of_an_association_page_by_status_and_name(self, store: MetadataStore) -> None:
+        for i in range(12):
+            store.create(record(f"c-{i:02d}", float(i), kind="part"))
+        for i in (1, 4, 6, 9, 11):
+            store.associate(
+                f"arn:aws:sagemaker:us-east-1:123456789012:part/c-{i:02d}", "g1", "In", 1
+            )
+        store.associate("arn:aws:sagemaker:us-east-1:123456789012:part/c-02", "g2", "In", 1)
+        store.associate("arn:aws:sagemaker:us-east-1:123456789012:part/c-03", "g1", "Other", 1)
+
+        def pages(**options: object) -> list[list[str]]:
+            query = ListQuery(kind="part", limit=2, **options)  # type: ignore[arg-type]
+            found = []
+            while True:
+                page = store.list_records(query)
+                found.append([r.name for r in page.records])
+                if page.next_cursor is None:
+                    return found
+                query.after = page.next_cursor
+
+        assert pages(member_of=("In", ["g1"])) == [["c-11", "c-09"], ["c-06", "c-04"], ["c-01"]]
+        assert pages(member_of=("In", ["g1", "g2"]), sort_by="name", descending=False) == [
+            ["c-01", "c-02"],
+            ["c-04", "c-06"],
+            ["c-09", "c-11"],
+        ]
+        assert pages(member_of=("In", ["nothing"])) == [[]]
+        by_status = ListQuery(kind="part", sort_by="status", limit=20)
+        assert len(store.list_records(by_status).records) == 12
+
     def test_metrics_summary(self, store: MetadataStore) -> None:
         r = store.create(record("run", 1.0))
         store.put_metrics(
