@@ -107,6 +107,10 @@ class AccessGuard:
         self.suffixes = virtual_host_suffixes
         # signatures of mutating requests that succeeded -> when their replay window ends
         self._seen: dict[str, float] = {}
+        # (principal, action, resource) -> decision, for principals whose policies have no
+        # conditions or variables; dropped on any change of identities or policies
+        self._decisions: dict[tuple[str, str, str], str] = {}
+        identities.on_change(self._decisions.clear)
 
     # -- the request path ------------------------------------------------------------------
     async def __call__(
@@ -303,7 +307,8 @@ class AccessGuard:
     def _authorize(self, scope: Scope, call: _Call) -> None:
         principal = call.principal
         assert principal is not None
-        context_values = self._context(scope, principal)
+        contextual = any(policy.contextual for policy in principal.policies)
+        context_values = self._context(scope, principal) if contextual else {}
         access = self._access(scope, call, context_values)
         call.access = access
         for action, resource in access:
@@ -344,7 +349,16 @@ class AccessGuard:
 
         ctx = RequestContext(context_values, resolve)
         for action, resource in access:
-            decision, _ = evaluate(principal.policies, action, resource, ctx)
+            if contextual:
+                decision, _ = evaluate(principal.policies, action, resource, ctx)
+            else:
+                cache_key = (principal.arn, action, resource)
+                decision = self._decisions.get(cache_key, "")
+                if not decision:
+                    decision, _ = evaluate(principal.policies, action, resource, ctx)
+                    if len(self._decisions) > 100_000:
+                        self._decisions.clear()
+                    self._decisions[cache_key] = decision
             if decision != ALLOW:
                 how = (
                     "an explicit deny" if decision != "ImplicitDeny" else "no identity-based policy"

@@ -278,6 +278,12 @@ class Policy:
     statements: tuple[Statement, ...]
     document: str = field(default="", compare=False)
 
+    @functools.cached_property
+    def contextual(self) -> bool:
+        """Whether a decision may depend on more than (action, resource): conditions or policy
+        variables. Decisions of policies that are not can be cached."""
+        return any(s.conditions or any("${" in r for r in s.resources) for s in self.statements)
+
     @classmethod
     def parse(cls, document: str | Mapping[str, Any]) -> Policy:
         if isinstance(document, str):
