@@ -19,7 +19,7 @@ from tests.ui.conftest import TABLET, Visit
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 SKLEARN_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
-BUCKET = "studio"
+BUCKET = "studio-data"  # a bucket named "studio" is reachable only signed: /studio is Studio
 
 TRAIN = """
 import argparse, os, time
@@ -189,7 +189,7 @@ def seeded(studio_server: SalviaServer) -> Seeded:
         },
         ModelMetrics={
             "ModelQuality": {
-                "Statistics": {"ContentType": "application/json", "S3Uri": "s3://studio/m.json"}
+                "Statistics": {"ContentType": "application/json", "S3Uri": f"s3://{BUCKET}/m.json"}
             }
         },
         CustomerMetadataProperties={"accuracy": "0.93"},
@@ -309,6 +309,9 @@ def test_a_training_job_created_with_boto3_appears_with_its_metric_chart(
     assert "Completed" in page.locator("#timeline").inner_text()
     assert "epoch=3 loss=0.0625;" in page.locator("#log-tail").inner_text()
     assert "model.tar.gz" in page.locator("#artifacts").inner_text()
+    download = page.locator("#model-artifacts a").get_attribute("href")
+    with urllib.request.urlopen(studio_server.url + download, timeout=10) as packed:
+        assert packed.read(2) == b"\x1f\x8b"  # the model, gzipped, through S3 GetObject
     assert sm.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "Completed"
     visit.assert_clean()
 

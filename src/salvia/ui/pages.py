@@ -50,6 +50,15 @@ def _status_class(status: Any) -> str:
     return "busy" if text else ""
 
 
+def _object_path(uri: Any) -> str:
+    """Where the same address serves an s3:// object (S3 GetObject, path style); '' if none."""
+    text = str(uri or "")
+    if not text.startswith("s3://") or text.endswith("/"):
+        return ""
+    bucket, _, key = text[5:].partition("/")
+    return f"/{bucket}/{urllib.parse.quote(key)}" if key else ""
+
+
 def busy(status: Any) -> bool:
     """A status that will change by itself (a job running, an endpoint being created)."""
     return _status_class(status) == "busy"
@@ -72,7 +81,11 @@ class Pages:
             undefined=jinja2.ChainableUndefined,
         )
         self.env.filters.update(
-            when=_when, duration=_duration, status_class=_status_class, short_arn=_short_arn
+            when=_when,
+            duration=_duration,
+            status_class=_status_class,
+            short_arn=_short_arn,
+            object_path=_object_path,
         )
         self.env.globals.update(prefix=PREFIX, salvia_version=__version__, terminal=TERMINAL)
 
