@@ -56,7 +56,8 @@ function studioEndpointLive() {
     Plotly.react(el, [
       { x: times, y: rates, name: "invocations / s", mode: "lines+markers" },
       { x: times, y: latencies, name: "model latency (ms)", mode: "lines+markers", yaxis: "y2" }
-    ], { margin: { l: 50, r: 50, t: 30, b: 40 }, yaxis: { title: { text: "invocations / s" }, rangemode: "tozero" },
+    ], { margin: { l: 50, r: 50, t: 30, b: 40 }, xaxis: { type: "date" },
+         yaxis: { title: { text: "invocations / s" }, rangemode: "tozero" },
          yaxis2: { title: { text: "ms" }, overlaying: "y", side: "right", rangemode: "tozero" },
          legend: { orientation: "h" } }, { responsive: true, displaylogo: false });
   }
