@@ -260,6 +260,32 @@ def test_metrics_logged_to_a_trial_component_are_read_back(server: Any) -> None:
     assert missing["Status"] == "ValidationError"
 
 
+def test_points_logged_without_a_step_read_back_as_a_time_series(server: Any) -> None:
+    """A job's log-scraped metrics carry no Step: by iteration on a time axis they are the raw
+    series (what Studio charts); on an iteration axis they are refused."""
+    sm, metrics = server.client(), server.client("sagemaker-metrics")
+    component = unique("nostep")
+    arn = sm.create_trial_component(TrialComponentName=component)["TrialComponentArn"]
+    start = time.time() - 10
+    metrics.batch_put_metrics(
+        TrialComponentName=component,
+        MetricData=[
+            {"MetricName": "loss", "Timestamp": start + i, "Value": 1.0 / (i + 1)} for i in range(3)
+        ],
+    )
+    query = {"MetricName": "loss", "ResourceArn": arn, "MetricStat": "Avg"}
+    by_time, by_step = metrics.batch_get_metrics(
+        MetricQueries=[
+            {**query, "Period": "IterationNumber", "XAxisType": "Timestamp"},
+            {**query, "Period": "IterationNumber", "XAxisType": "IterationNumber"},
+        ]
+    )["MetricQueryResults"]
+    assert by_time["Status"] == "Complete"
+    assert by_time["XAxisValues"] == [int(start + i) for i in range(3)]
+    assert by_time["MetricValues"] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert by_step["Status"] == "ValidationError"
+
+
 def test_batch_put_metrics_to_a_missing_component_is_rejected(server: Any) -> None:
     metrics = server.client("sagemaker-metrics")
     with pytest.raises(ClientError) as excinfo:
