@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -70,7 +71,8 @@ def prepare(port: int, key: tuple[str, str]) -> bytes:
                       aws_access_key_id=key[0], aws_secret_access_key=key[1])  # fmt: skip
     iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
                        aws_access_key_id=key[0], aws_secret_access_key=key[1])  # fmt: skip
-    trust = '{"Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole"}]}'
+    trust = json.dumps({"Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                        "Principal": {"Service": "sagemaker.amazonaws.com"}}]})  # fmt: skip
     role = iam.create_role(RoleName="bench", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
                       aws_access_key_id=key[0], aws_secret_access_key=key[1])  # fmt: skip

@@ -136,8 +136,12 @@ def test_passing_a_role_needs_iam_pass_role(server: SalviaServer, setup: dict[st
     assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
     assert "iam:PassRole" in str(refused.value)
 
-    unknown = dict(request, RoleArn=f"arn:aws:iam::{ACCOUNT}:role/not-there")
-    with pytest.raises(ClientError) as missing:
-        server.client().create_training_job(**unknown)
-    assert missing.value.response["Error"]["Code"] == "ValidationException"
-    assert "Could not assume role" in str(missing.value)
+    iam.create_role(RoleName="not-for-sagemaker", AssumeRolePolicyDocument=document(
+        {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+         "Action": "sts:AssumeRole"}))  # fmt: skip
+    for role in ("not-there", "not-for-sagemaker"):
+        unknown = dict(request, RoleArn=f"arn:aws:iam::{ACCOUNT}:role/{role}")
+        with pytest.raises(ClientError) as missing:
+            server.client().create_training_job(**unknown)
+        assert missing.value.response["Error"]["Code"] == "ValidationException"
+        assert "Could not assume role" in str(missing.value)

@@ -271,6 +271,19 @@ def test_sts_caller_identity_and_assumed_roles(server: SalviaServer) -> None:
         {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}))  # fmt: skip
     other_arn = f"arn:aws:iam::{ACCOUNT}:role/{other}"
     assert denied(sts.assume_role, RoleArn=other_arn, RoleSessionName="s") == "AccessDenied"
+    iam.put_user_policy(
+        UserName=name,
+        PolicyName="inline",
+        PolicyDocument=document({"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}),
+    )
+    assert sts.assume_role(RoleArn=other_arn, RoleSessionName="s")["Credentials"]
+    private = unique("private")
+    iam.create_role(RoleName=private, AssumeRolePolicyDocument=document(
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/someone-else"},
+         "Action": "sts:AssumeRole"}))  # fmt: skip
+    private_arn = f"arn:aws:iam::{ACCOUNT}:role/{private}"
+    refused = denied(sts.assume_role, RoleArn=private_arn, RoleSessionName="s")
+    assert refused == "AccessDenied"  # its trust policy names someone else
 
 
 def test_the_audit_trail_holds_the_calls_and_refusals_of_a_user(server: SalviaServer) -> None:

@@ -57,6 +57,7 @@ Send = Callable[[Any], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 6 * 1024 * 1024 + 1024
+SAGEMAKER_SERVICE = "sagemaker.amazonaws.com"
 # the error codes of the query protocols (IAM, STS) for the JSON protocols' codes
 _QUERY_CODES = {
     "UnrecognizedClientException": "InvalidClientTokenId",
@@ -312,7 +313,7 @@ class AccessGuard:
         access = self._access(scope, call, context_values)
         call.access = access
         for action, resource in access:
-            if action == "iam:PassRole" and self.identities.role_by_arn(resource) is None:
+            if action == "iam:PassRole" and not self._assumable(resource):
                 raise _refusal(
                     "ValidationException",
                     f"Could not assume role {resource}. Please ensure that the role exists and "
@@ -372,6 +373,11 @@ class AccessGuard:
                     f"resource: {resource} with an explicit deny in an identity-based policy",
                     "AccessDenied",
                 )
+
+    def _assumable(self, role_arn: str) -> bool:
+        """SageMaker's check of a passed role: it exists and trusts sagemaker.amazonaws.com."""
+        role = self.identities.role_by_arn(role_arn)
+        return role is not None and self.identities.trusts(role, service=SAGEMAKER_SERVICE)
 
     def _context(self, scope: Scope, principal: Principal) -> dict[str, list[str]]:
         client = scope.get("client") or ("", 0)

@@ -183,6 +183,42 @@ class IdentityStore:
             },
         }
 
+    def trusts(self, role: Record, *, caller: str = "", service: str = "") -> bool:
+        """Whether the role's trust policy lets `caller` (an ARN) or `service` assume it: an
+        Allow statement for sts:AssumeRole naming the caller, its account (root or id), "*",
+        or the service; an explicit Deny for them wins."""
+        try:
+            document = json.loads(role.body.get("AssumeRolePolicyDocument") or "{}")
+        except json.JSONDecodeError:
+            return False
+        statements = document.get("Statement", []) if isinstance(document, dict) else []
+        if isinstance(statements, dict):
+            statements = [statements]
+        account = self.account
+        names = {caller, "*", account, f"arn:aws:iam::{account}:root"} - {""}
+        allowed = False
+        for statement in statements:
+            if not isinstance(statement, dict):
+                continue
+            actions = statement.get("Action", [])
+            actions = [actions] if isinstance(actions, str) else actions
+            if not any(a in ("sts:AssumeRole", "sts:*", "*") for a in actions):
+                continue
+            principal = statement.get("Principal", {})
+            if principal == "*":
+                hit = True
+            else:
+                listed = principal.get("AWS", []) if isinstance(principal, dict) else []
+                services = principal.get("Service", []) if isinstance(principal, dict) else []
+                listed = [listed] if isinstance(listed, str) else listed
+                services = [services] if isinstance(services, str) else services
+                hit = bool(names & set(listed)) if caller else False
+                hit = hit or (bool(service) and service in services)
+            if hit and statement.get("Effect") == "Deny":
+                return False
+            allowed = allowed or (hit and statement.get("Effect") == "Allow")
+        return allowed
+
     def role_by_arn(self, arn: str) -> Record | None:
         if ":role/" not in arn:
             return None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from salvia.errors import InvalidInput, NoSuchEntity
+from salvia.errors import AccessDenied, InvalidInput, NoSuchEntity
 from salvia.iam import AuditEvent, AuditTrail, IdentityStore, current_principal
 from salvia.iam.identities import ACCESS_KEY, GROUP, POLICY, ROLE, USER
 from salvia.iam.personas import AWS_POLICY_PREFIX, MANAGED
@@ -359,6 +359,15 @@ class StsOperations:
 
     @operation("AssumeRole")
     def assume_role(self, params: dict[str, Any]) -> dict[str, Any]:
+        role = self.ids.role_by_arn(params["RoleArn"])
+        principal = current_principal.get()
+        if role is None or (
+            principal is not None and not self.ids.trusts(role, caller=principal.arn)
+        ):
+            raise AccessDenied(
+                f"User: {principal.arn if principal else 'anonymous'} is not authorized to "
+                f"perform: sts:AssumeRole on resource: {params['RoleArn']}"
+            )
         issued = self.ids.issue_session(
             params["RoleArn"], params["RoleSessionName"], int(params.get("DurationSeconds") or 3600)
         )
