@@ -379,6 +379,11 @@ def test_every_page_loads_cleanly_on_desktop_and_tablet(
     visit.open(f"/studio/tuning-jobs/{seeded.tuning_job}")
     assert visit.page.locator("#trials tbody tr").count() == 2
     visit.page.locator("#objective-chart .main-svg").first.wait_for()
+    # the experiment's two runs compared: a bar each, and a line each over their steps
+    visit.open(f"/studio/experiments/{seeded.experiment}")
+    assert visit.page.locator("#compare-chart .bars .point").count() == 2
+    assert visit.page.locator("#series-chart .scatterlayer .trace").count() == 2
+    assert visit.page.locator("#runs tbody tr").count() == 2
     # lineage: the endpoint's context with the model's artifacts upstream
     visit.open(
         f"/studio/lineage?arn={sm.describe_training_job(TrainingJobName=seeded.training_job)['TrainingJobArn']}"

@@ -126,9 +126,11 @@ async def experiment(pages: Pages, request: Request) -> Response:
             [charts.bars(f"{metric} ({stat})", labels, values)], x_title="run", y_title=metric
         )
     parameter_names = sorted({p for run in runs for p in run.get("Parameters") or {}})
+    series = await run_series(pages, runs, metric) if metric else None
     return pages.render(
         request,
         "experiment.html",
+        series=series,
         title=name,
         experiment=described,
         trials=trials,
@@ -141,6 +143,36 @@ async def experiment(pages: Pages, request: Request) -> Response:
         figure=figure,
         charts=True,
     )
+
+
+async def run_series(
+    pages: Pages, runs: list[dict[str, Any]], metric: str
+) -> dict[str, Any] | None:
+    """One line per run: the metric by step (BatchGetMetrics, at most 100 queries a call)."""
+    logged = [r for r in runs if any(m["MetricName"] == metric for m in r.get("Metrics", []))]
+    traces = []
+    for start in range(0, len(logged), 100):
+        batch = logged[start : start + 100]
+        answer = await pages.api.metrics(
+            "BatchGetMetrics",
+            MetricQueries=[
+                {
+                    "MetricName": metric,
+                    "ResourceArn": run["TrialComponentArn"],
+                    "MetricStat": "Avg",
+                    "Period": "IterationNumber",
+                    "XAxisType": "IterationNumber",
+                }
+                for run in batch
+            ],
+        )
+        for run, result in zip(batch, answer.get("MetricQueryResults", []), strict=False):
+            if result.get("Status") in ("Complete", "Truncated") and result.get("MetricValues"):
+                label = run.get("DisplayName") or run["TrialComponentName"]
+                traces.append(charts.series(label, result["XAxisValues"], result["MetricValues"]))
+    if not traces:
+        return None  # logged without steps: the summary chart is the comparison
+    return charts.figure(traces, x_title="step", y_title=metric)
 
 
 async def trial_component(pages: Pages, request: Request) -> Response:
