@@ -59,6 +59,13 @@ def _object_path(uri: Any) -> str:
     return f"/{bucket}/{urllib.parse.quote(key)}" if key else ""
 
 
+def _number(value: Any) -> Any:
+    """Six significant digits for measured values; anything else as it is."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "—" if value is None else value
+
+
 def busy(status: Any) -> bool:
     """A status that will change by itself (a job running, an endpoint being created)."""
     return _status_class(status) == "busy"
@@ -86,6 +93,7 @@ class Pages:
             status_class=_status_class,
             short_arn=_short_arn,
             object_path=_object_path,
+            num=_number,
         )
         self.env.globals.update(prefix=PREFIX, salvia_version=__version__, terminal=TERMINAL)
 
