@@ -214,6 +214,8 @@ def seeded(studio_server: SalviaServer) -> Seeded:
                 for step in range(1, 4)
             ],
         )
+    for i in range(12):  # enough for a second page of ten
+        sm.create_trial_component(TrialComponentName=f"{experiment}-extra-{i:02d}")
     processing_job = unique("fails")
     sm.create_processing_job(
         ProcessingJobName=processing_job,
@@ -398,6 +400,27 @@ def test_every_page_loads_cleanly_on_desktop_and_tablet(
         )
         assert overflow <= 0, (path, overflow)
     visit.screenshot("tablet-experiment")
+    visit.assert_clean()
+
+
+def test_lists_page_and_sort_through_the_api(visit: Visit, seeded: Seeded) -> None:
+    visit.open("/studio/trial-components?size=10")
+    rows = visit.page.locator("#list tbody tr td:first-child")
+    first = rows.all_inner_texts()
+    assert len(first) == 10
+    visit.page.click("#next-page")
+    visit.page.wait_for_load_state("load")
+    second = rows.all_inner_texts()
+    assert second and not set(first) & set(second)
+
+    visit.open("/studio/trial-components?size=10")
+    visit.page.click("#list thead >> text=Name")  # newest first -> by name, descending
+    visit.page.wait_for_load_state("load")
+    visit.page.click("#list thead >> text=Name")  # and again: ascending
+    visit.page.wait_for_load_state("load")
+    assert "sort=Name" in visit.page.url and "order=Ascending" in visit.page.url
+    names = rows.all_inner_texts()
+    assert names == sorted(names, key=str.lower)
     visit.assert_clean()
 
 

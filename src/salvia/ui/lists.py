@@ -28,6 +28,7 @@ class Column:
     member: str  # of the summary; dotted for nested members
     link: str = ""  # a page path with {value} (the member's value, quoted)
     kind: str = "text"  # text | time | status | arn
+    sort: str = ""  # the SortBy value that orders by this column, where the API has one
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,9 @@ def _job(slug: str, title: str, operation: str, key: str, name: str, status: str
         operation,
         key,
         (
-            Column("Name", name, f"{slug}/{{value}}"),
-            Column("Status", status, kind="status"),
-            Column("Created", "CreationTime", kind="time"),
+            Column("Name", name, f"{slug}/{{value}}", sort="Name"),
+            Column("Status", status, kind="status", sort="Status"),
+            Column("Created", "CreationTime", kind="time", sort="CreationTime"),
             Column("Last modified", "LastModifiedTime", kind="time"),
         ),
     )
@@ -129,8 +130,8 @@ SPECS: dict[str, ListSpec] = {
             "ListModels",
             "Models",
             (
-                Column("Name", "ModelName", "models/{value}"),
-                Column("Created", "CreationTime", kind="time"),
+                Column("Name", "ModelName", "models/{value}", sort="Name"),
+                Column("Created", "CreationTime", kind="time", sort="CreationTime"),
             ),
         ),
         ListSpec(
@@ -139,8 +140,8 @@ SPECS: dict[str, ListSpec] = {
             "ListEndpointConfigs",
             "EndpointConfigs",
             (
-                Column("Name", "EndpointConfigName", "endpoint-configs/{value}"),
-                Column("Created", "CreationTime", kind="time"),
+                Column("Name", "EndpointConfigName", "endpoint-configs/{value}", sort="Name"),
+                Column("Created", "CreationTime", kind="time", sort="CreationTime"),
             ),
         ),
         ListSpec(
@@ -149,7 +150,7 @@ SPECS: dict[str, ListSpec] = {
             "ListModelPackageGroups",
             "ModelPackageGroupSummaryList",
             (
-                Column("Group", "ModelPackageGroupName", "model-registry/{value}"),
+                Column("Group", "ModelPackageGroupName", "model-registry/{value}", sort="Name"),
                 Column("Description", "ModelPackageGroupDescription"),
                 Column("Status", "ModelPackageGroupStatus", kind="status"),
                 Column("Created", "CreationTime", kind="time"),
@@ -161,7 +162,7 @@ SPECS: dict[str, ListSpec] = {
             "ListExperiments",
             "ExperimentSummaries",
             (
-                Column("Name", "ExperimentName", "experiments/{value}"),
+                Column("Name", "ExperimentName", "experiments/{value}", sort="Name"),
                 Column("Display name", "DisplayName"),
                 Column("Created", "CreationTime", kind="time"),
                 Column("Last modified", "LastModifiedTime", kind="time"),
@@ -173,7 +174,7 @@ SPECS: dict[str, ListSpec] = {
             "ListTrialComponents",
             "TrialComponentSummaries",
             (
-                Column("Name", "TrialComponentName", "trial-components/{value}"),
+                Column("Name", "TrialComponentName", "trial-components/{value}", sort="Name"),
                 Column("Display name", "DisplayName"),
                 Column("Status", "Status.PrimaryStatus", kind="status"),
                 Column("Source", "TrialComponentSource.SourceArn", kind="arn"),
