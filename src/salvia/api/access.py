@@ -243,7 +243,7 @@ class AccessGuard:
         call.access_key = signed.credential.access_key
         found = self.identities.credentials(signed.credential.access_key, signed.security_token)
         if found is None:
-            raise unknown_key(signed.credential.access_key)
+            raise unknown_key()
         secret, principal = found
         call.principal = principal
         now = time.time()

@@ -55,7 +55,7 @@ class SignatureRefused(Exception):
         self.code, self.message, self.s3_code, self.status = code, message, s3_code, status
 
 
-def unknown_key(access_key: str) -> SignatureRefused:
+def unknown_key() -> SignatureRefused:
     return SignatureRefused(
         "UnrecognizedClientException",
         "The security token included in the request is invalid.",
@@ -70,12 +70,6 @@ def _mismatch() -> SignatureRefused:
         "Check your AWS Secret Access Key and signing method. Consult the service documentation "
         "for details.",
         "SignatureDoesNotMatch",
-    )
-
-
-def _incomplete(message: str) -> SignatureRefused:
-    return SignatureRefused(
-        "IncompleteSignatureException", message, "AuthorizationHeaderMalformed", 400
     )
 
 
@@ -459,11 +453,3 @@ class SigV4Verifier:
 
 def _hmac(key: bytes, message: str) -> bytes:
     return hmac.digest(key, message.encode(), "sha256")
-
-
-def chunk_mismatch() -> SignatureRefused:
-    return _mismatch()
-
-
-def incomplete(message: str) -> SignatureRefused:
-    return _incomplete(message)
