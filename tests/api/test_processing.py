@@ -144,6 +144,17 @@ def test_a_failing_script_fails_the_job_and_a_stop_stops_it(
     job = wait(sm, failing)
     assert job["ProcessingJobStatus"] == "Failed"
     assert "the data did not add up" in job["FailureReason"]
+    # the instance's output is in CloudWatch Logs, where the SDK and Studio read it
+    logs = server.client("logs")
+    group = "/aws/sagemaker/ProcessingJobs"
+    (stream,) = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=f"{failing}/")[
+        "logStreams"
+    ]
+    assert stream["logStreamName"].startswith(f"{failing}/algo-1-")
+    events = logs.get_log_events(
+        logGroupName=group, logStreamName=stream["logStreamName"], startFromHead=True
+    )["events"]
+    assert "the data did not add up" in [e["message"] for e in events]
 
     slow = unique("slow")
     sm.create_processing_job(

@@ -346,6 +346,8 @@ def test_every_page_loads_cleanly_on_desktop_and_tablet(
         wait_for(done)
     visit.open("/studio/home")
     assert "the data did not add up" in visit.page.locator("#failing").inner_text()
+    visit.open(f"/studio/processing-jobs/{seeded.processing_job}")
+    assert "the data did not add up" in visit.page.locator("#log-tail").inner_text()
     pages = [
         "/studio/home",
         f"/studio/processing-jobs/{seeded.processing_job}",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from salvia import logfile
 from salvia.compute import channels
 from salvia.compute.executor import InstanceSpec, InstanceStatus, IsolationUnavailable, State
 from salvia.compute.instance_types import lookup as lookup_instance_type
@@ -49,6 +50,45 @@ class _Instance:
     handle: str
     log: Path
     status: InstanceStatus | None = None
+
+
+LOG_GROUP = "/aws/sagemaker/ProcessingJobs"
+
+
+class _LogMirror:
+    """Copies an instance's output into its CloudWatch Logs stream
+    (`/aws/sagemaker/ProcessingJobs/<job>/<host>-<created>`) a whole line at a time, so the
+    Logs API, the SDK's `logs=True` and Studio show it. How far it got is kept beside the
+    output, so a restarted server goes on from there."""
+
+    def __init__(self, source: Path, stream: Path) -> None:
+        self.source = source
+        self.stream = stream
+        self.mark = source.with_suffix(".mirrored")
+        try:
+            self.offset = int(self.mark.read_text())
+        except (OSError, ValueError):
+            self.offset = 0
+
+    def copy(self, final: bool = False) -> None:
+        try:
+            size = self.source.stat().st_size
+        except OSError:
+            return
+        if size <= self.offset:
+            return
+        with self.source.open("rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read(size - self.offset)
+        complete = data if final else data[: data.rfind(b"\n") + 1]
+        if not complete:
+            return
+        self.stream.parent.mkdir(parents=True, exist_ok=True)
+        with self.stream.open("ab") as out:
+            for line in complete.decode("utf-8", "replace").splitlines():
+                logfile.append(out, line)
+        self.offset += len(complete)
+        self.mark.write_text(str(self.offset))
 
 
 class ProcessingEngine:
@@ -227,9 +267,31 @@ class ProcessingEngine:
     ) -> tuple[str, str]:
         max_runtime = (record.body.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
         started_at = record.body.get("ProcessingStartTime") or self.ctx.clock.now()
+        mirrors = [self._mirror(record, i) for i in running]
+        try:
+            return self._follow(record, running, stop, max_runtime, started_at, mirrors)
+        finally:
+            for mirror in mirrors:
+                mirror.copy(final=True)
+
+    def _mirror(self, record: Record, instance: _Instance) -> _LogMirror:
+        stream = f"{record.name}/{instance.host}-{int(record.creation_time)}"
+        return _LogMirror(instance.log, logfile.stream_path(self.ctx.logs_root, LOG_GROUP, stream))
+
+    def _follow(
+        self,
+        record: Record,
+        running: list[_Instance],
+        stop: threading.Event,
+        max_runtime: float | None,
+        started_at: float,
+        mirrors: list[_LogMirror],
+    ) -> tuple[str, str]:
         last_upload = time.monotonic()
         reason = ""
         while True:
+            for mirror in mirrors:
+                mirror.copy()
             for instance in running:
                 if instance.status is None or instance.status.state is State.RUNNING:
                     instance.status = self.ctx.executor.poll(instance.handle)
