@@ -324,6 +324,12 @@ def test_data_capture_writes_sagemaker_json_lines(server: SalviaServer, runtime:
     sm.get_waiter("endpoint_in_service").wait(
         EndpointName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 300}
     )
+    assert sm.describe_endpoint(EndpointName=name)["DataCaptureConfig"] == {
+        "EnableCapture": True,
+        "CaptureStatus": "Started",
+        "CurrentSamplingPercentage": 100,
+        "DestinationS3Uri": f"s3://hosting/capture-{name}",
+    }
     bodies = [json.dumps({"values": [i]}) for i in range(5)]
     for i, body in enumerate(bodies):
         runtime.invoke_endpoint(

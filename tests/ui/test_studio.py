@@ -25,9 +25,10 @@ TRAIN = """
 import argparse, os, time
 parser = argparse.ArgumentParser()
 parser.add_argument("--rate", type=float, default=0.5)
+parser.add_argument("--epochs", type=int, default=4)
 args = parser.parse_args()
 loss = 1.0
-for epoch in range(4):
+for epoch in range(args.epochs):
     loss *= args.rate
     print(f"epoch={epoch} loss={loss:.4f};", flush=True)
     time.sleep(0.4)
@@ -174,6 +175,12 @@ def seeded(studio_server: SalviaServer) -> Seeded:
                 "InstanceType": "ml.m5.large",
             }
         ],
+        DataCaptureConfig={
+            "EnableCapture": True,
+            "InitialSamplingPercentage": 100,
+            "DestinationS3Uri": f"s3://{BUCKET}/capture",
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+        },
     )
     sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=endpoint)
 
@@ -452,6 +459,7 @@ def test_a_test_invoke_returns_a_prediction(
     )
     visit.open(f"/studio/endpoints/{seeded.endpoint}")
     assert "AllTraffic" in visit.page.locator("#variants").inner_text()
+    assert f"s3://{BUCKET}/capture" in visit.page.locator("#capture").inner_text()
     visit.page.fill("#invoke-body", "1,2")
     visit.page.click("#invoke-button")
     visit.page.wait_for_function(
@@ -460,6 +468,28 @@ def test_a_test_invoke_returns_a_prediction(
     assert json.loads(visit.page.locator("#invoke-result").inner_text()) == {
         "predictions": [2.5, 5.0]
     }
+    visit.assert_clean()
+
+
+def test_the_stop_button_stops_a_running_job(
+    visit: Visit, seeded: Seeded, studio_server: SalviaServer
+) -> None:
+    sm = studio_server.client()
+    name = unique("stop")
+    request = training_request(name, seeded.source)
+    request["HyperParameters"]["epochs"] = "300"  # two minutes, unless stopped
+    request["StoppingCondition"] = {"MaxRuntimeInSeconds": 300}
+    sm.create_training_job(**request)
+    wait_for(
+        lambda: sm.describe_training_job(TrainingJobName=name)["SecondaryStatus"] == "Training"
+    )
+    visit.open(f"/studio/training-jobs/{name}")
+    visit.page.click("#stop")
+    visit.page.wait_for_load_state("load")
+    assert "Stop requested" in visit.page.locator(".notice").inner_text()
+    wait_for(
+        lambda: sm.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "Stopped"
+    )
     visit.assert_clean()
 
 

@@ -219,7 +219,20 @@ class Hosting:
 
     @operation("DescribeEndpoint")
     def describe_endpoint(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self._describe(self._get(ENDPOINT, request["EndpointName"]))
+        record = self._get(ENDPOINT, request["EndpointName"])
+        described = self._describe(record)
+        config = self.ctx.store.get(ENDPOINT_CONFIG, record.body.get("EndpointConfigName", ""))
+        capture = (config.body.get("DataCaptureConfig") if config else None) or {}
+        if capture:  # SageMaker's DataCaptureConfigSummary of the configuration in service
+            enabled = capture.get("EnableCapture", True)
+            described["DataCaptureConfig"] = {
+                "EnableCapture": enabled,
+                "CaptureStatus": "Started" if enabled else "Stopped",
+                "CurrentSamplingPercentage": capture.get("InitialSamplingPercentage"),
+                "DestinationS3Uri": capture.get("DestinationS3Uri"),
+                "KmsKeyId": capture.get("KmsKeyId"),
+            }
+        return described
 
     @operation("ListEndpoints")
     def list_endpoints(self, request: dict[str, Any]) -> dict[str, Any]:
