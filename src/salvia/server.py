@@ -229,6 +229,7 @@ def create_platform(settings: Settings) -> Platform:
     )
     access = install_access_control(app, settings, store, run, service_model)
     if access.guard is not None:
+        access.public_url = lambda: training.ctx.public_url
         training.ctx.role_credentials = access.role_credentials
         tracking.ctx.role_credentials = access.role_credentials
     return Platform(

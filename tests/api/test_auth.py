@@ -67,6 +67,7 @@ def test_an_unsigned_request_is_refused(server: SalviaServer) -> None:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 403
     assert json.loads(refused.value.read())["__type"] == "MissingAuthenticationTokenException"
+    refused.value.close()
 
 
 def test_an_unknown_key_and_a_wrong_secret_are_refused(server: SalviaServer) -> None:
@@ -160,6 +161,7 @@ def test_s3_header_auth_and_its_refusals(server: SalviaServer, bucket: str) -> N
         urllib.request.urlopen(f"{server.url}/{bucket}/data/a.txt", timeout=10)
     assert anonymous.value.code == 403
     assert b"<Code>AccessDenied</Code>" in anonymous.value.read()
+    anonymous.value.close()
 
 
 def test_s3_body_must_match_its_signed_hash(server: SalviaServer, bucket: str) -> None:
@@ -183,6 +185,7 @@ def test_presigned_urls(server: SalviaServer, bucket: str, version: str) -> None
         urllib.request.urlopen(tampered, timeout=10)
     assert refused.value.code == 403
     assert b"SignatureDoesNotMatch" in refused.value.read()
+    refused.value.close()
 
 
 @pytest.mark.usefixtures("ten_minutes_ago")
@@ -195,6 +198,7 @@ def test_an_expired_presigned_url_is_refused(server: SalviaServer, bucket: str) 
         urllib.request.urlopen(url, timeout=10)
     assert refused.value.code == 403
     assert b"Request has expired" in refused.value.read()
+    refused.value.close()
 
 
 def _chunked(server: SalviaServer, bucket: str, key: str, chunks: list[bytes], forge: bool) -> int:
@@ -325,6 +329,7 @@ def test_studio_without_sign_in_is_closed_in_authenticated_mode(server: SalviaSe
         urllib.request.urlopen(f"{server.url}/studio", timeout=10)
     assert closed.value.code == 403
     assert b"sign-in" in closed.value.read()
+    closed.value.close()
 
 
 def test_keys_and_queries_with_characters_to_escape_verify(

@@ -1,6 +1,7 @@
 """Execution roles in authenticated mode: a training job runs with its role's temporary
 credentials, so what its script can read and write in the object store is what the role allows;
-creating the job needs iam:PassRole on that role."""
+creating the job needs iam:PassRole on that role. The job's SDK fetches them (and their
+renewals) from the server's container credentials endpoint, as in SageMaker's containers."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import boto3
 
 bucket = os.environ["DATA_BUCKET"]
 s3 = boto3.client("s3")
-print("credentials", os.environ["AWS_ACCESS_KEY_ID"][:4], "AWS_SESSION_TOKEN" in os.environ)
+credentials = boto3.Session().get_credentials()
+print("credentials", credentials.method, credentials.access_key[:4], bool(credentials.token))
 print("allowed", s3.get_object(Bucket=bucket, Key="allowed/a.txt")["Body"].read().decode())
 s3.put_object(Bucket=bucket, Key="output/written.txt", Body=b"from the job")
 try:
@@ -102,7 +104,8 @@ def test_a_jobs_role_decides_what_it_may_read_and_write(
             logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream, startFromHead=True
         )["events"]
     )
-    assert "credentials ASIA True" in text  # the role's temporary key, with its session token
+    # the role's temporary key with its session token, from the container credentials endpoint
+    assert "credentials container-role ASIA True" in text
     assert "allowed alpha" in text
     assert "secret refused" in text and "AccessDenied" in text
     assert "secret read" not in text
@@ -145,3 +148,18 @@ def test_passing_a_role_needs_iam_pass_role(server: SalviaServer, setup: dict[st
             server.client().create_training_job(**unknown)
         assert missing.value.response["Error"]["Code"] == "ValidationException"
         assert "Could not assume role" in str(missing.value)
+
+
+def test_the_credentials_endpoint_answers_only_a_valid_grant(server: SalviaServer) -> None:
+    import urllib.error
+    import urllib.request
+
+    for token in (None, "forged"):
+        request = urllib.request.Request(f"{server.url}/_salvia/credentials")
+        if token:
+            request.add_header("Authorization", token)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+        assert b"AccessDenied" in refused.value.read()
+        refused.value.close()

@@ -58,6 +58,8 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 6 * 1024 * 1024 + 1024
 SAGEMAKER_SERVICE = "sagemaker.amazonaws.com"
+# where jobs fetch their execution role's credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI)
+CREDENTIALS_PATH = "/_salvia/credentials"
 # the error codes of the query protocols (IAM, STS) for the JSON protocols' codes
 _QUERY_CODES = {
     "UnrecognizedClientException": "InvalidClientTokenId",
@@ -117,6 +119,9 @@ class AccessGuard:
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, app: App, router: Router
     ) -> None:
+        if scope["path"] == CREDENTIALS_PATH:
+            await self._credentials(scope, receive, send)
+            return
         call = self._classify(scope, router)
         if call is None:  # health checks, Prometheus scrapes, Studio's own pages
             await app(scope, receive, send)
@@ -457,6 +462,27 @@ class AccessGuard:
 
     def _checked_body(self, call: _Call, signed: SignedRequest, receive: Receive) -> Receive:
         return access_s3.checked_body(self.verifier, call.secret, signed, receive)
+
+    async def _credentials(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """botocore's container credentials endpoint: the grant in `Authorization` buys the
+        role's next short session (jobs and tracking servers refresh through it)."""
+        token = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        issued = self.identities.redeem(token) if scope["method"] == "GET" and token else None
+        if issued is None:
+            body = {"code": "AccessDenied", "message": "No valid credentials grant."}
+            await Response(orjson.dumps(body), 403, media_type="application/json")(
+                scope, receive, send
+            )
+            return
+        expiration = datetime.fromtimestamp(issued["Expiration"], UTC)
+        body = {
+            "AccessKeyId": issued["AccessKeyId"],
+            "SecretAccessKey": issued["SecretAccessKey"],
+            "Token": issued["SessionToken"],
+            "Expiration": expiration.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "AccountId": self.settings.account_id,
+        }
+        await Response(orjson.dumps(body), media_type="application/json")(scope, receive, send)
 
     # -- answers ---------------------------------------------------------------------------
     def _refuse(self, call: _Call, error: SignatureRefused) -> Response:

@@ -3,25 +3,45 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from botocore.model import ServiceModel
 
-from salvia.api.access import AccessGuard
+from salvia.api.access import CREDENTIALS_PATH, AccessGuard
 from salvia.api.json_protocol import JsonProtocol, Runner
 from salvia.api.query_protocol import QueryProtocol
 from salvia.api.router import Router
 from salvia.config import Settings
-from salvia.errors import SalviaError
 from salvia.iam import AuditTrail, IdentityStore, SecretBox
 from salvia.resources.iam import AuditQueries, IamOperations, StsOperations
 from salvia.resources.registry import collect
 from salvia.store.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
+
+
+def _loopback_url(public_url: str) -> str:
+    """The server's URL on a loopback address (botocore fetches container credentials over
+    plain HTTP from loopback only); empty when it does not listen on one."""
+    parts = urlsplit(public_url)
+    if parts.port is None:
+        return ""
+    host = parts.hostname or ""
+    if host in ("0.0.0.0", "", "localhost"):
+        return f"http://127.0.0.1:{parts.port}"
+    if host == "::":
+        return f"http://[::1]:{parts.port}"
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return ""
+    return f"http://{'[' + host + ']' if ':' in host else host}:{parts.port}" if loopback else ""
+
 
 # how long a job's credentials last: SageMaker's longest MaxRuntimeInSeconds (5 days)
 JOB_SESSION_SECONDS = 5 * 24 * 3600
@@ -32,6 +52,8 @@ class AccessControl:
     identities: IdentityStore
     audit: AuditTrail
     guard: AccessGuard | None
+    # the server's own URL once it listens (jobs reach the credentials endpoint there)
+    public_url: Callable[[], str] = lambda: ""
 
     def bootstrap(self) -> dict[str, Any] | None:
         """The first administrator's access key (authenticated mode, first start only)."""
@@ -40,15 +62,27 @@ class AccessControl:
         return self.identities.bootstrap_admin()
 
     def role_credentials(self, role_arn: str, session: str) -> dict[str, str]:
-        """A job's execution role as the standard AWS variables (a role Salvia does not know
-        gives none: the job then has no access at all)."""
-        try:
-            issued = self.identities.issue_session(
-                role_arn, session[:64], JOB_SESSION_SECONDS, within_role_limit=False
-            )
-        except SalviaError as error:
-            log.warning("no credentials for role %s: %s", role_arn, error.message)
+        """A job's execution role for its AWS SDK, as SageMaker hands it over: a container
+        credentials endpoint on loopback that gives hour-long sessions and renews them for as
+        long as a job may run. Where the server is not reachable on loopback, one session for
+        that whole time goes in the standard AWS_* variables instead."""
+        if self.identities.role_by_arn(role_arn) is None:
+            log.warning("no credentials for role %s: it does not exist", role_arn)
             return {"AWS_ACCESS_KEY_ID": "none", "AWS_SECRET_ACCESS_KEY": "none"}
+        endpoint = _loopback_url(self.public_url())
+        if endpoint:
+            return {
+                # empty: botocore's chain moves on from the environment to the endpoint
+                "AWS_ACCESS_KEY_ID": "",
+                "AWS_SECRET_ACCESS_KEY": "",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI": endpoint + CREDENTIALS_PATH,
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN": self.identities.grant(
+                    role_arn, session[:64], JOB_SESSION_SECONDS
+                ),
+            }
+        issued = self.identities.issue_session(
+            role_arn, session[:64], JOB_SESSION_SECONDS, within_role_limit=False
+        )
         return {
             "AWS_ACCESS_KEY_ID": issued["AccessKeyId"],
             "AWS_SECRET_ACCESS_KEY": issued["SecretAccessKey"],

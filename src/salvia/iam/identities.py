@@ -130,6 +130,8 @@ class IdentityStore:
             if opened is None:
                 return None
             claims = json.loads(opened)
+            if "key" not in claims:  # a grant (see `grant`) is not a session
+                return None
             role = self.store.get(ROLE, claims["role"])
             if role is None:
                 return None
@@ -218,6 +220,29 @@ class IdentityStore:
                 return False
             allowed = allowed or (hit and statement.get("Effect") == "Allow")
         return allowed
+
+    def grant(self, role_arn: str, session_name: str, seconds: int) -> str:
+        """A sealed right to fetch the role's credentials for `seconds`: what a job presents to
+        the credentials endpoint (botocore's container credentials provider), which answers
+        with a fresh short session each time the previous one nears its end."""
+        claims = {"grant": role_arn, "session": session_name, "until": time.time() + seconds}
+        return self.box.seal(json.dumps(claims))
+
+    def redeem(self, token: str, seconds: int = DEFAULT_SESSION_SECONDS) -> dict[str, Any] | None:
+        """Credentials for a grant still in force (a session of at most `seconds`), or None."""
+        opened = self.box.open(token)
+        claims = json.loads(opened) if opened else {}
+        if "grant" not in claims:
+            return None
+        left = int(claims["until"] - time.time())
+        if left <= 0:
+            return None
+        try:
+            return self.issue_session(
+                claims["grant"], claims["session"], min(seconds, left), within_role_limit=False
+            )
+        except NoSuchEntity:
+            return None
 
     def role_by_arn(self, arn: str) -> Record | None:
         if ":role/" not in arn:
