@@ -231,6 +231,7 @@ def create_platform(settings: Settings) -> Platform:
     if access.guard is not None:
         access.public_url = lambda: training.ctx.public_url
         training.ctx.role_credentials = access.role_credentials
+        serving.ctx.role_environment = access.endpoint_environment
         tracking.ctx.role_credentials = access.role_credentials
     return Platform(
         access=access,

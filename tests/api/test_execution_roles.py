@@ -163,3 +163,65 @@ def test_the_credentials_endpoint_answers_only_a_valid_grant(server: SalviaServe
         assert refused.value.code == 403
         assert b"AccessDenied" in refused.value.read()
         refused.value.close()
+
+
+INFERENCE = """
+import json
+import boto3
+
+def model_fn(model_dir):
+    return boto3.client("s3")
+
+def input_fn(body, content_type):
+    return json.loads(body)
+
+def predict_fn(data, s3):
+    try:
+        return s3.get_object(Bucket=data["bucket"], Key=data["key"])["Body"].read().decode()
+    except Exception as error:
+        return f"refused: {error}"
+
+def output_fn(prediction, accept):
+    return json.dumps({"answer": prediction}), "application/json"
+"""
+
+
+def test_an_endpoints_model_reads_what_its_execution_role_allows(
+    server: SalviaServer, setup: dict[str, str]
+) -> None:
+    from tests.api.test_endpoints import SKLEARN_IMAGE, archive
+
+    sm, s3 = server.client(), server.client("s3")
+    bucket, name = setup["bucket"], unique("role-ep")
+    s3.put_object(Bucket=bucket, Key=f"models/{name}.tar.gz",
+                  Body=archive({"code/inference.py": INFERENCE.encode()}))  # fmt: skip
+    sm.create_model(
+        ModelName=name,
+        ExecutionRoleArn=setup["role"],
+        PrimaryContainer={"Image": SKLEARN_IMAGE,
+                          "ModelDataUrl": f"s3://{bucket}/models/{name}.tar.gz"},
+    )  # fmt: skip
+    sm.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": name,
+                             "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}],
+    )  # fmt: skip
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    sm.get_waiter("endpoint_in_service").wait(
+        EndpointName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 300}
+    )
+    runtime = server.client("sagemaker-runtime")
+
+    def ask(key: str) -> str:
+        body = json.dumps({"bucket": bucket, "key": key})
+        reply = runtime.invoke_endpoint(
+            EndpointName=name, Body=body, ContentType="application/json"
+        )
+        return str(json.loads(reply["Body"].read())["answer"])
+
+    try:
+        assert ask("allowed/a.txt") == "alpha"
+        refused = ask("secret/b.txt")
+        assert refused.startswith("refused") and "AccessDenied" in refused
+    finally:
+        sm.delete_endpoint(EndpointName=name)

@@ -45,6 +45,8 @@ def _loopback_url(public_url: str) -> str:
 
 # how long a job's credentials last: SageMaker's longest MaxRuntimeInSeconds (5 days)
 JOB_SESSION_SECONDS = 5 * 24 * 3600
+# endpoints live until deleted: their grant outlasts any (deleting the role revokes it)
+ENDPOINT_GRANT_SECONDS = 10 * 365 * 24 * 3600
 
 
 @dataclass
@@ -54,6 +56,7 @@ class AccessControl:
     guard: AccessGuard | None
     # the server's own URL once it listens (jobs reach the credentials endpoint there)
     public_url: Callable[[], str] = lambda: ""
+    region: str = "us-east-1"
 
     def bootstrap(self) -> dict[str, Any] | None:
         """The first administrator's access key (authenticated mode, first start only)."""
@@ -61,7 +64,17 @@ class AccessControl:
             return None
         return self.identities.bootstrap_admin()
 
-    def role_credentials(self, role_arn: str, session: str) -> dict[str, str]:
+    def endpoint_environment(self, role_arn: str, model: str) -> dict[str, str]:
+        """A model server's variables: its ExecutionRoleArn's credentials (renewed for as long
+        as the endpoint lives, until the role is deleted) and this server's S3 address."""
+        env = self.role_credentials(role_arn, model, ENDPOINT_GRANT_SECONDS)
+        url = self.public_url()
+        if url:
+            env.update(AWS_ENDPOINT_URL=url, AWS_ENDPOINT_URL_S3=url)
+        region = self.region
+        return {**env, "AWS_REGION": region, "AWS_DEFAULT_REGION": region}
+
+    def role_credentials(self, role_arn: str, session: str, seconds: int = 0) -> dict[str, str]:
         """A job's execution role for its AWS SDK, as SageMaker hands it over: a container
         credentials endpoint on loopback that gives hour-long sessions and renews them for as
         long as a job may run. Where the server is not reachable on loopback, one session for
@@ -77,7 +90,7 @@ class AccessControl:
                 "AWS_SECRET_ACCESS_KEY": "",
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI": endpoint + CREDENTIALS_PATH,
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN": self.identities.grant(
-                    role_arn, session[:64], JOB_SESSION_SECONDS
+                    role_arn, session[:64], seconds or JOB_SESSION_SECONDS
                 ),
             }
         issued = self.identities.issue_session(
@@ -120,4 +133,4 @@ def install_access_control(
     if settings.auth_mode == "iam":
         guard = AccessGuard(settings, identities, audit, store.get_tags)
         app.guard = guard
-    return AccessControl(identities, audit, guard)
+    return AccessControl(identities, audit, guard, region=settings.region)

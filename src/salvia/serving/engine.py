@@ -120,6 +120,9 @@ class ServingContext:
     executor: Executor
     runtimes: RuntimeRegistry
     clock: Clock
+    # authenticated mode: (role ARN, model name) -> the variables that give a model server its
+    # ExecutionRoleArn's credentials and this server's address
+    role_environment: Callable[[str, str], dict[str, str]] | None = None
 
     @property
     def endpoints_dir(self) -> Path:
@@ -304,6 +307,9 @@ class EndpointEngine:
             raise DeployFailed(f"Model {model_name} does not exist.")
         primary = model.body.get("PrimaryContainer")
         containers = [primary] if primary else (model.body.get("Containers") or [{}])
+        role = model.body.get("ExecutionRoleArn")
+        if self.ctx.role_environment is not None and role:
+            environment = {**self.ctx.role_environment(role, model_name), **(environment or {})}
         if environment:
             containers = [
                 {**c, "Environment": {**(c.get("Environment") or {}), **environment}}
