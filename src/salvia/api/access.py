@@ -467,7 +467,11 @@ class AccessGuard:
         """botocore's container credentials endpoint: the grant in `Authorization` buys the
         role's next short session (jobs and tracking servers refresh through it)."""
         token = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        issued = self.identities.redeem(token) if scope["method"] == "GET" and token else None
+        client = (scope.get("client") or ("", 0))[0]
+        local = client in ("127.0.0.1", "::1") or client.startswith("127.")
+        # botocore fetches container credentials from loopback only: nobody else has a reason to
+        wanted = scope["method"] == "GET" and token and local
+        issued = self.identities.redeem(token) if wanted else None
         if issued is None:
             body = {"code": "AccessDenied", "message": "No valid credentials grant."}
             await Response(orjson.dumps(body), 403, media_type="application/json")(
