@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from salvia.errors import AlreadyExists
+from salvia.store import sql
 from salvia.store.metadata import ListQuery, MetadataStore, MetricPoint, Record
 from salvia.store.migrate import StaleSchemaError
 from salvia.store.sql import SqlMetadataStore
@@ -108,7 +109,11 @@ class TestMetadataStoreContract:
         assert names(name_contains="_") == ["red_hen"]  # LIKE wildcards are escaped
         assert names(created_after=0.5, created_before=2.5) == ["blue-fox", "red_hen"]
 
-    def test_members_of_an_association_page_by_status_and_name(self, store: MetadataStore) -> None:
+    @pytest.mark.parametrize("dense_from", [1, 1000], ids=["walk", "members"])
+    def test_members_of_an_association_page_by_status_and_name(
+        self, store: MetadataStore, dense_from: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(sql, "DENSE_MEMBERS", dense_from)  # both plans, same answers
         for i in range(12):
             store.create(record(f"c-{i:02d}", float(i), kind="part"))
         for i in (1, 4, 6, 9, 11):
