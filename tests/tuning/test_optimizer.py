@@ -3,12 +3,15 @@ stored trials."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 pytest.importorskip("optuna")
 
 from salvia.errors import ValidationException
 from salvia.tuning.optimizer import (
+    STARTUP_TRIALS,
     Definition,
     Optimizer,
     PastTrial,
@@ -111,6 +114,43 @@ def test_warm_start_priors_steer_the_first_bayesian_trials() -> None:
         optimizer.add_prior(PastTrial({"x": x}, value=-abs(x - 0.9)))
     asked = [optimizer.ask(f"t{n}")[1]["x"] for n in range(3)]
     assert all(abs(x - 0.9) < 0.2 for x in asked), asked
+
+
+def test_bayesian_starts_with_a_latin_hypercube_that_survives_a_restart() -> None:
+    ranges = space(
+        ContinuousParameterRanges=[
+            {"Name": "rate", "MinValue": "0.001", "MaxValue": "1", "ScalingType": "Logarithmic"}
+        ],
+        IntegerParameterRanges=[{"Name": "depth", "MinValue": "1", "MaxValue": "10"}],
+    )
+    definitions = [Definition("", ranges, True)]
+
+    def optimizer() -> Optimizer:
+        sampler = make_sampler("Bayesian", definitions, 5, 1)
+        return Optimizer(definitions, sampler, make_pruner("Bayesian", "Off", {}))
+
+    first, stored = optimizer(), []
+    for number in range(STARTUP_TRIALS):
+        _, params, attrs = first.ask(f"t{number}")
+        first.tell(f"t{number}", "COMPLETE", 0.0)
+        stored.append(PastTrial(params, attrs, "COMPLETE", 0.0))
+    by_name = {r.name: r for r in ranges.ranges}
+    rates = [float(by_name["rate"].hyperparameter(p["rate"])) for p in (t.params for t in stored)]
+    depths = [int(by_name["depth"].hyperparameter(p["depth"])) for p in (t.params for t in stored)]
+    # one trial per tenth of each range, on its scale: log-spaced rates, every depth once
+    assert sorted(int((math.log10(r) + 3) / 3 * STARTUP_TRIALS) for r in rates) == list(
+        range(STARTUP_TRIALS)
+    )
+    assert sorted(depths) == list(range(1, 11))
+
+    # a restarted server rebuilds the study from the same seed: the design continues as it was
+    again = optimizer()
+    for number, past in enumerate(stored[:4]):
+        again.add(f"t{number}", past)
+    assert again.ask("t4")[1] == stored[4].params
+    # and after the start, TPE proposes from what it learned
+    after = first.ask("t-next")[1]
+    assert set(after) == {"rate", "depth"}
 
 
 def test_the_median_rule_stops_a_trial_behind_finished_ones() -> None:
