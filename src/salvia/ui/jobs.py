@@ -13,7 +13,7 @@ from starlette.routing import Route
 from salvia.errors import SalviaError
 from salvia.ui import charts
 from salvia.ui.lists import options
-from salvia.ui.pages import PREFIX, Pages
+from salvia.ui.pages import PREFIX, Pages, busy
 
 LOG_LINES = 200  # the tail a page opens with
 _KINDS = {
@@ -255,6 +255,9 @@ async def tuning_job(pages: Pages, request: Request) -> Response:
         request,
         "tuning_job.html",
         title=name,
+        # while it tunes, its counts, best job, chart and trials are renewed in place
+        refresh="#tuning-status, #tuning-overview, #best, #objective, #trials tbody",
+        live=busy(job.get("HyperParameterTuningJobStatus")),
         job=job,
         trials=trials,
         sort=sort,

@@ -1,9 +1,9 @@
 // Salvia Studio: charts, a log tail that follows running jobs, live endpoint figures, test invoke.
 "use strict";
 
-function studioCharts() {
+function studioCharts(root) {
   if (typeof Plotly === "undefined") return;
-  document.querySelectorAll(".chart[data-figure]").forEach(function (el) {
+  (root || document).querySelectorAll(".chart[data-figure]").forEach(function (el) {
     var figure = JSON.parse(el.dataset.figure);
     var layout = Object.assign({ margin: { l: 50, r: 20, t: 30, b: 40 }, autosize: true }, figure.layout || {});
     Plotly.newPlot(el, figure.data || [], layout, { responsive: true, displaylogo: false });
@@ -120,6 +120,11 @@ function studioRefresh() {
   var main = document.querySelector("main[data-refresh]");
   if (!main) return;
   var selectors = main.dataset.refresh.split(",").map(function (s) { return s.trim(); });
+  var last = {};
+  selectors.forEach(function (selector) {
+    var el = document.querySelector(selector);
+    if (el) last[selector] = el.innerHTML;  // read before any chart is drawn into it
+  });
   function renew() {
     if (main.dataset.live !== "true" || document.hidden) return setTimeout(renew, 4000);
     fetch(window.location.href, { headers: { "Accept": "text/html" } })
@@ -129,7 +134,12 @@ function studioRefresh() {
         var fresh = new DOMParser().parseFromString(html, "text/html");
         selectors.forEach(function (selector) {
           var now = document.querySelector(selector), then = fresh.querySelector(selector);
-          if (now && then) now.innerHTML = then.innerHTML;
+          // compared with what was fetched last (a drawn chart is no longer its HTML)
+          if (now && then && last[selector] !== then.innerHTML) {
+            last[selector] = then.innerHTML;
+            now.innerHTML = then.innerHTML;
+            studioCharts(now);  // a chart inside what was renewed is drawn again
+          }
         });
         var freshMain = fresh.querySelector("main[data-refresh]");
         main.dataset.live = freshMain ? freshMain.dataset.live : "false";
