@@ -436,6 +436,9 @@ def test_lists_page_and_sort_through_the_api(visit: Visit, seeded: Seeded) -> No
 def test_a_version_approved_in_the_page_is_approved_through_boto3(
     visit: Visit, seeded: Seeded, studio_server: SalviaServer
 ) -> None:
+    visit.open(f"/studio/model-registry/{seeded.group}")
+    versions = visit.page.locator("#versions").inner_text()
+    assert "accuracy" in versions and "0.93" in versions and "ModelQuality.Statistics" in versions
     visit.open(f"/studio/model-registry/{seeded.group}/1")
     visit.page.fill("#approval-comment", "beats the baseline on holdout")
     visit.page.click("#approve-button")

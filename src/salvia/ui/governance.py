@@ -18,6 +18,7 @@ from salvia.ui.pages import PREFIX, Pages, read_form
 RUNS_SHOWN = 100  # runs of one experiment described for the comparison
 STATS = ("Last", "Max", "Min", "Avg")
 LABELLED = 100  # artifacts of one graph described for their labels
+DESCRIBED_VERSIONS = 50  # versions of a group described for their metadata
 
 
 async def package_group(pages: Pages, request: Request) -> Response:
@@ -37,12 +38,23 @@ async def package_group(pages: Pages, request: Request) -> Response:
             MaxResults=100,
         )
     ]
+    # each version's metadata (where teams keep accuracy and the like) and metric reports
+    details: dict[str, dict[str, Any]] = {}
+    for version in versions[:DESCRIBED_VERSIONS]:
+        found = await pages.api.attempt(
+            "DescribeModelPackage", ModelPackageName=version["ModelPackageArn"]
+        )
+        if not isinstance(found, SalviaError):
+            details[version["ModelPackageArn"]] = found
+    keys = sorted({k for d in details.values() for k in d.get("CustomerMetadataProperties") or {}})
     return pages.render(
         request,
         "package_group.html",
         title=group,
         group=described,
         versions=versions,
+        details=details,
+        metadata_keys=keys,
         approval=status,
         statuses=("Approved", "Rejected", "PendingManualApproval"),
     )
