@@ -96,14 +96,18 @@ class LatinHypercubeStart(BaseSampler):
     Trial n takes row n of the design, and each parameter's column comes from the seed and the
     parameter's name alone, so the design survives a server restart (the study is rebuilt with
     its trials in order) whatever order parameters are asked in. A categorical's strata map
-    onto its choices in turn. Warm-start priors count as trials: with enough of them the model
-    takes over at once."""
+    onto its choices in turn. A warm-started study (`skip_start`) has its parents' results to
+    model from the first trial, and skips the design."""
 
     def __init__(self, then: BaseSampler, startup: int, seed: int | None) -> None:
         self.then = then
         self.startup = startup
         self.seed = seed
+        self._skipped = False
         self._columns: dict[str, np.ndarray] = {}
+
+    def skip_start(self) -> None:
+        self._skipped = True
 
     def _unit(self, name: str, row: int) -> float:
         column = self._columns.get(name)
@@ -116,7 +120,7 @@ class LatinHypercubeStart(BaseSampler):
         return float(column[row])
 
     def _starting(self, trial: FrozenTrial) -> bool:
-        return trial.number < self.startup
+        return trial.number < self.startup and not self._skipped
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
@@ -269,6 +273,8 @@ class Optimizer:
         """A parent job's finished trial (warm start): knowledge, not one of this job's trials."""
         if past.value is not None and self._distributions(past.params):
             self.add("", PastTrial(past.params, {}, "COMPLETE", past.value))
+            if isinstance(self.study.sampler, LatinHypercubeStart):
+                self.study.sampler.skip_start()
 
     def _distributions(self, params: Mapping[str, Any]) -> dict[str, BaseDistribution]:
         found: dict[str, BaseDistribution] = {}
