@@ -471,6 +471,8 @@ def test_a_test_invoke_returns_a_prediction(
     assert json.loads(visit.page.locator("#invoke-result").inner_text()) == {
         "predictions": [2.5, 5.0]
     }
+    # and the live figures (the server's /metrics) count it
+    visit.page.wait_for_function("Number(document.getElementById('live-total').textContent) >= 1")
     visit.assert_clean()
 
 

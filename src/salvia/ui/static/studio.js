@@ -56,7 +56,9 @@ function studioEndpointLive() {
     Plotly.react(el, [
       { x: times, y: rates, name: "invocations / s", mode: "lines+markers" },
       { x: times, y: latencies, name: "model latency (ms)", mode: "lines+markers", yaxis: "y2" }
-    ], { margin: { l: 50, r: 50, t: 30, b: 40 }, xaxis: { type: "date" },
+    ], { margin: { l: 50, r: 50, t: 30, b: 40 },
+         // a sliding window of the last five minutes (the points kept)
+         xaxis: { type: "date", range: [new Date(Date.now() - 300000), new Date(Date.now() + 5000)] },
          yaxis: { title: { text: "invocations / s" }, rangemode: "tozero" },
          yaxis2: { title: { text: "ms" }, overlaying: "y", side: "right", rangemode: "tozero" },
          legend: { orientation: "h" } }, { responsive: true, displaylogo: false });
@@ -72,7 +74,7 @@ function studioEndpointLive() {
         times.push(new Date(now.t));
         rates.push((now.n - last.n) / seconds);
         latencies.push(calls > 0 ? (now.us - last.us) / calls / 1000 : null);
-        if (times.length > 120) { times.shift(); rates.shift(); latencies.shift(); }
+        while (times.length && times[0] < now.t - 300000) { times.shift(); rates.shift(); latencies.shift(); }
         draw();
       }
       last = now;
@@ -81,6 +83,7 @@ function studioEndpointLive() {
   draw();
   poll();
   setInterval(poll, 3000);
+  window.studioPollEndpoint = poll;  // a test invoke shows in the figures at once
 }
 
 function studioInvoke() {
@@ -98,6 +101,7 @@ function studioInvoke() {
       .then(function (r) {
         return r.text().then(function (text) {
           var ms = Math.round(performance.now() - started);
+          if (window.studioPollEndpoint) window.studioPollEndpoint();
           if (r.ok) {
             out.textContent = text;
             document.getElementById("invoke-meta").textContent = "HTTP " + r.status + " in " + ms + " ms, variant " +
