@@ -50,7 +50,7 @@ def _status_class(status: Any) -> str:
     return "busy" if text else ""
 
 
-def _object_path(uri: Any) -> str:
+def object_path(uri: Any) -> str:
     """Where the same address serves an s3:// object (S3 GetObject, path style); '' if none."""
     text = str(uri or "")
     if not text.startswith("s3://") or text.endswith("/"):
@@ -92,7 +92,7 @@ class Pages:
             duration=_duration,
             status_class=_status_class,
             short_arn=_short_arn,
-            object_path=_object_path,
+            object_path=object_path,
             num=_number,
         )
         self.env.globals.update(prefix=PREFIX, salvia_version=__version__, terminal=TERMINAL)
