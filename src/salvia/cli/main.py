@@ -66,7 +66,10 @@ def _seed_demo_when_ready(settings: Any) -> None:
         if state and _healthy(state["url"]):
             try:
                 seed_demo(state["url"], settings.region)
-                print(f"Salvia is ready at {state['url']} (demo experiment 'salvia-demo')")
+                print(
+                    f"Salvia is ready at {state['url']} (demo experiment 'salvia-demo'; "
+                    f"Studio at {state['url']}/studio)"
+                )
             except Exception as error:  # the demo is a convenience: never take the server down
                 print(f"demo seeding failed: {error}", file=sys.stderr)
             return
@@ -104,6 +107,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             [
                 ("status", "running" if healthy else "not answering"),
                 ("url", state["url"]),
+                ("studio", f"{state['url']}/studio"),
                 ("pid", state["pid"]),
                 ("version", state.get("version")),
                 ("uptime", f"{uptime // 3600}h{uptime // 60 % 60:02d}m{uptime % 60:02d}s"),
