@@ -277,6 +277,15 @@ class RuntimeProtocol:
             variant.in_flight -= 1
             raise _Refused(f"The serverless instance did not start: {failure}",
                            "ServiceUnavailable", 503) from None  # fmt: skip
+        except Exception as error:  # a fault of ours: still an answer in SageMaker's shape
+            variant.in_flight -= 1
+            log.exception("cold start of serverless endpoint %s", name)
+            raise _Refused(
+                f"The serverless instance did not start: InternalFailure: "
+                f"{type(error).__name__}: {error}",
+                "ServiceUnavailable",
+                503,
+            ) from None
 
     async def _invoke(self, call: _Call, fields: dict[str, str], request_id: str) -> Response:
         name, route, variant, instance = call.endpoint, call.route, call.variant, call.instance
