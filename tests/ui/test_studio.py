@@ -408,7 +408,7 @@ def test_every_page_loads_cleanly_on_desktop_and_tablet(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, (path, overflow)
-    visit.screenshot("tablet-experiment")
+        visit.screenshot(f"tablet{path.split('?')[0].replace('/studio', '')}")
     visit.assert_clean()
 
 
