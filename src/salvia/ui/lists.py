@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import botocore.session
+from botocore.model import ServiceModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -45,9 +46,13 @@ class ListSpec:
 
 
 @functools.cache
+def _model() -> ServiceModel:
+    return botocore.session.get_session().get_service_model("sagemaker")
+
+
+@functools.cache
 def _members(operation: str) -> dict[str, Any]:
-    model = botocore.session.get_session().get_service_model("sagemaker")
-    return dict(model.operation_model(operation).input_shape.members)
+    return dict(_model().operation_model(operation).input_shape.members)
 
 
 def options(operation: str, member: str) -> list[str]:
