@@ -146,6 +146,12 @@ class InvalidInput(SalviaError):
     code = "InvalidInput"
 
 
+class PasswordPolicyViolation(SalviaError):
+    """IAM refuses a console password that its password policy does not accept."""
+
+    code = "PasswordPolicyViolation"
+
+
 class AccessDenied(SalviaError):
     """A request that the caller's policies do not allow (STS and IAM say AccessDenied)."""
 

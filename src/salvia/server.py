@@ -61,7 +61,7 @@ from salvia.tracking.servers import TrackingContext, TrackingServers
 from salvia.training.engine import KIND as TRAINING_JOB
 from salvia.training.engine import EngineContext, TrainingEngine
 from salvia.tuning import TuningContext, TuningEngine
-from salvia.ui import StudioApi, create_studio
+from salvia.ui import SignIn, StudioApi, create_studio
 
 log = logging.getLogger("salvia")
 
@@ -224,10 +224,22 @@ def create_platform(settings: Settings) -> Platform:
         ],
         fallback=S3Protocol(objects, settings.runtime_dir / "s3", region=settings.region),
         runtime=runtime,
-        # Studio is a client of the same operations, called in process
-        studio=create_studio(StudioApi(control_plane, logs, metrics)),
     )
     access = install_access_control(app, settings, store, run, service_model)
+    # Studio is a client of the same operations, called in process (in the authenticated mode
+    # as its signed-in user, through the guard's policy evaluation)
+    studio_api = StudioApi(
+        control_plane,
+        logs,
+        metrics,
+        trail=app.json_services.get("com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101"),
+        iam=app.query,
+        runtime=runtime,
+        guard=access.guard,
+    )
+    app.studio = create_studio(
+        studio_api, SignIn(access.identities, access.audit) if access.guard else None
+    )
     if access.guard is not None:
         access.public_url = lambda: training.ctx.public_url
         training.ctx.role_credentials = access.role_credentials

@@ -488,6 +488,36 @@ class AccessGuard:
         }
         await Response(orjson.dumps(body), media_type="application/json")(scope, receive, send)
 
+    # -- in-process callers ----------------------------------------------------------------
+    def authorize_in_process(
+        self,
+        scope: Scope,
+        principal: Principal,
+        kind: str,
+        service: str,
+        operation: str,
+        params: dict[str, Any],
+    ) -> Callable[[str], None]:
+        """Authorize a call that Studio makes in process for its signed-in user, through the
+        same `_authorize` as a signed request of that `kind` ("json", "query", "runtime": then
+        `scope` is the runtime request's). A refusal is audited and raised (`SignatureRefused`,
+        AccessDeniedException's words); the function returned records a mutating call's
+        outcome ("Success" or its error code) in the audit trail."""
+        body = orjson.dumps(params, default=str)
+        call = _Call(kind, service, operation, body, dict(params), principal=principal)
+        self._classify_reads(scope, call)
+        try:
+            self._authorize(scope, call)
+        except SignatureRefused as error:
+            self._record(scope, call, error.code, error.message)
+            raise
+
+        def outcome(result: str) -> None:
+            if not call.read_only:
+                self._record(scope, call, result)
+
+        return outcome
+
     # -- answers ---------------------------------------------------------------------------
     def _refuse(self, call: _Call, error: SignatureRefused) -> Response:
         request_id = new_request_id()

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from salvia.api.errors import new_request_id
 from salvia.api.json_protocol import Runner, read_body
-from salvia.errors import InternalFailure, SalviaError
+from salvia.errors import InternalFailure, InvalidInput, NotImplementedOperation, SalviaError
 from salvia.resources.registry import Handler
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ QUERY_STATUS = {
     "LimitExceeded": 409,
     "ResourceLimitExceeded": 409,
     "MalformedPolicyDocument": 400,
+    "PasswordPolicyViolation": 400,
     "InvalidInput": 400,
     "ValidationError": 400,
     "AccessDenied": 403,
@@ -129,6 +130,19 @@ class QueryProtocol:
             model.api_version: (model, dict(handlers)) for model, handlers in services.values()
         }
         self._run = run
+
+    async def call(self, service: str, action: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run one operation of `service` ("iam", "sts") for an in-process client (Studio):
+        the same handler and answer as a form of those members would get, before XML."""
+        for model, handlers in self.services.values():
+            if model.metadata.get("endpointPrefix") == service:
+                if action not in model.operation_names:
+                    raise InvalidInput(f"Could not find operation {action[:80]}.")
+                handler = handlers.get(action)
+                if handler is None:
+                    raise NotImplementedOperation(action, model.service_id)
+                return await self._run(handler, params)
+        raise InvalidInput(f"Service {service[:40]!r} is not served.")
 
     async def handle(self, request: Request) -> Response:
         request_id = new_request_id()

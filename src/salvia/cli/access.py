@@ -8,6 +8,8 @@ policies named after them, created on first use and attached.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import getpass
 import json
 import sys
 import time
@@ -52,12 +54,40 @@ def _policy_arn(iam: Any, name: str) -> str:
     raise SystemExit(f"no managed policy named {name}")
 
 
+def _password(args: argparse.Namespace) -> str:
+    """--password, or asked twice without echo (so it stays out of the shell's history)."""
+    if isinstance(args.password, str):
+        return args.password
+    first = getpass.getpass(f"Studio password for {args.name}: ")
+    if getpass.getpass("Again: ") != first:
+        raise SystemExit("the passwords differ")
+    return first
+
+
+def _set_password(iam: Any, name: str, password: str) -> None:
+    """The user's console password (IAM's login profile), created or replaced."""
+    try:
+        iam.create_login_profile(UserName=name, Password=password)
+    except iam.exceptions.EntityAlreadyExistsException:
+        iam.update_login_profile(UserName=name, Password=password)
+
+
 def cmd_users(args: argparse.Namespace) -> int:
     iam = _iam(args)
     if args.action == "create":
         user = iam.create_user(UserName=args.name)["User"]
         print(user["Arn"])
+        if args.password is not None:
+            _set_password(iam, args.name, _password(args))
+            print(f"{args.name} may sign in to Studio with that password")
+    elif args.action == "password":
+        _set_password(iam, args.name, _password(args))
+        print(f"{args.name} may sign in to Studio with that password")
+    elif args.action == "no-password":
+        iam.delete_login_profile(UserName=args.name)
     elif args.action == "delete":
+        with contextlib.suppress(iam.exceptions.NoSuchEntityException):
+            iam.delete_login_profile(UserName=args.name)
         iam.delete_user(UserName=args.name)
     else:
         rows = [(u["UserName"], u["Arn"], u["CreateDate"]) for u in iam.list_users()["Users"]]
@@ -204,8 +234,14 @@ def add_commands(commands: Any) -> None:
     kinds = iam.add_subparsers(dest="kind", required=True)
 
     users = kinds.add_parser("users", help="IAM users")
-    users.add_argument("action", choices=("list", "create", "delete"))
+    users.add_argument("action", choices=("list", "create", "password", "no-password", "delete"))
     users.add_argument("name", nargs="?")
+    users.add_argument(
+        "--password",
+        nargs="?",
+        const=True,
+        help="Studio sign-in password (IAM login profile); asked for when given no value",
+    )
     users.set_defaults(func=cmd_users)
 
     keys = kinds.add_parser("keys", help="a user's access keys")

@@ -514,6 +514,23 @@ class IdentityStore:
         self.attach(USER, ADMIN_USER, AWS_POLICY_PREFIX + "AdministratorAccess")
         return self.create_access_key(ADMIN_USER)
 
+    def user_principal(self, name: str) -> Principal | None:
+        """A user signed in without a key (Studio's sign-in, by password), with the policies
+        of now; None once the user is gone."""
+        user = self.store.get(USER, name)
+        if user is None:
+            return None
+        return Principal(
+            arn=user.arn,
+            name=user.name,
+            kind="IAMUser",
+            user_id=user.body["UserId"],
+            account=self.account,
+            access_key="",
+            policies=self._user_policies(user),
+            tags={t["Key"]: t["Value"] for t in user.body.get("Tags", [])},
+        )
+
 
 # The principal of the request being served, set by the API's access guard: operations that
 # answer about the caller (GetCallerIdentity, GetUser without a name) read it.

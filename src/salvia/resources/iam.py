@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from salvia.errors import AccessDenied, InvalidInput, NoSuchEntity
+from salvia.errors import AccessDenied, DeleteConflict, InvalidInput, NoSuchEntity
 from salvia.iam import AuditEvent, AuditTrail, IdentityStore, current_principal
 from salvia.iam.identities import ACCESS_KEY, GROUP, POLICY, ROLE, USER
+from salvia.iam.logins import LoginProfiles
 from salvia.iam.personas import AWS_POLICY_PREFIX, MANAGED
 from salvia.resources.registry import operation
 from salvia.store.metadata import Record
@@ -52,6 +53,7 @@ def _page(items: list[Any], params: dict[str, Any], key: str) -> dict[str, Any]:
 class IamOperations:
     def __init__(self, identities: IdentityStore) -> None:
         self.ids = identities
+        self.logins = LoginProfiles(identities)
 
     def _caller_name(self, params: dict[str, Any]) -> str:
         name = params.get("UserName")
@@ -83,7 +85,38 @@ class IamOperations:
 
     @operation("DeleteUser")
     def delete_user(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self.ids.get(USER, params["UserName"]).body.get("LoginProfile"):
+            raise DeleteConflict("Cannot delete entity, must delete login profile first.")
         self.ids.delete(USER, params["UserName"])
+        return {}
+
+    # -- console passwords (Studio's sign-in) ----------------------------------------------
+    @operation("CreateLoginProfile")
+    def create_login_profile(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not params.get("Password"):
+            raise InvalidInput("Password is required: Salvia has no other way to sign in.")
+        profile = self.logins.create(
+            self._caller_name(params),
+            params["Password"],
+            bool(params.get("PasswordResetRequired")),
+        )
+        return {"LoginProfile": profile}
+
+    @operation("GetLoginProfile")
+    def get_login_profile(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"LoginProfile": self.logins.get(self._caller_name(params))}
+
+    @operation("UpdateLoginProfile")
+    def update_login_profile(self, params: dict[str, Any]) -> dict[str, Any]:
+        reset = params.get("PasswordResetRequired")
+        self.logins.update(
+            params["UserName"], params.get("Password"), None if reset is None else bool(reset)
+        )
+        return {}
+
+    @operation("DeleteLoginProfile")
+    def delete_login_profile(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.logins.delete(self._caller_name(params))
         return {}
 
     # -- access keys -----------------------------------------------------------------------

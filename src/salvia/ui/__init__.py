@@ -2,5 +2,6 @@
 
 from salvia.ui.api import StudioApi
 from salvia.ui.app import create_studio
+from salvia.ui.signin import SignIn
 
-__all__ = ["StudioApi", "create_studio"]
+__all__ = ["SignIn", "StudioApi", "create_studio"]

@@ -21,6 +21,7 @@ from salvia.errors import SalviaError
 from salvia.ui import governance, home, hosting, jobs, lists
 from salvia.ui.api import StudioApi
 from salvia.ui.pages import PREFIX, Pages
+from salvia.ui.signin import SignIn, SignInGate
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,21 @@ def _static(request: Request) -> Response:
     return FileResponse(_HERE / "static" / name, media_type=_STATIC[name], headers=headers)
 
 
-def create_studio(api: StudioApi) -> Starlette:
+class Studio:
+    """Studio's ASGI app. `authenticates_users`: it signs its users in itself and calls the API
+    as them, so the access guard of the authenticated mode lets its unsigned requests through."""
+
+    def __init__(self, app: ASGIApp, authenticates_users: bool) -> None:
+        self.app = app
+        self.authenticates_users = authenticates_users
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def create_studio(api: StudioApi, sign_in: SignIn | None = None) -> Studio:
+    """Studio over `api`; with `sign_in` (authenticated mode) every page needs a signed-in
+    user, as whom its API calls run."""
     pages = Pages(api)
 
     async def api_error(request: Request, exc: Exception) -> Response:
@@ -103,12 +118,17 @@ def create_studio(api: StudioApi) -> Starlette:
         *jobs.routes(pages),
         *hosting.routes(pages),
         *governance.routes(pages),
+        *(sign_in.routes(pages) if sign_in is not None else []),
     ]
-    return Starlette(
+    middleware = [Middleware(SameOrigin)]
+    if sign_in is not None:
+        middleware.append(Middleware(SignInGate, sessions=sign_in.sessions))
+    app = Starlette(
         routes=[
             Mount(PREFIX, routes=routes),
             Route(PREFIX, lambda r: RedirectResponse(f"{PREFIX}/home")),
         ],
-        middleware=[Middleware(SameOrigin), Middleware(GZipMiddleware, minimum_size=2048)],
+        middleware=[*middleware, Middleware(GZipMiddleware, minimum_size=2048)],
         exception_handlers={SalviaError: api_error, HTTPException: not_found, Exception: internal},
     )
+    return Studio(app, authenticates_users=sign_in is not None)

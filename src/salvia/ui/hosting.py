@@ -6,12 +6,13 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from salvia.errors import SalviaError
-from salvia.ui.pages import Pages, busy
+from salvia.ui.pages import PREFIX, Pages, busy
 
 
 async def endpoint(pages: Pages, request: Request) -> Response:
@@ -51,9 +52,20 @@ async def endpoint(pages: Pages, request: Request) -> Response:
         config_error=config if isinstance(config, SalviaError) else None,
         weights=weights,
         charts=True,
-        invoke_url=f"/endpoints/{urllib.parse.quote(name, safe='')}/invocations",
+        # through Studio, which invokes as the signed-in user in the authenticated mode
+        invoke_url=f"{PREFIX}/endpoints/{urllib.parse.quote(name, safe='')}/invoke",
         content_type=content_type,
     )
+
+
+async def invoke(pages: Pages, request: Request) -> Response:
+    """The test-invoke form's post: the runtime's answer as it is, or a refusal in its shape."""
+    try:
+        return await pages.api.invoke(request, request.path_params["name"])
+    except SalviaError as error:
+        status = 403 if error.code == "AccessDeniedException" else 400
+        body = orjson.dumps({"__type": error.code, "message": error.message})
+        return Response(body, status_code=status, media_type="application/json")
 
 
 async def model(pages: Pages, request: Request) -> Response:
@@ -80,6 +92,7 @@ def routes(pages: Pages) -> list[Route]:
 
     return [
         Route("/endpoints/{name}", bind(endpoint)),
+        Route("/endpoints/{name}/invoke", bind(invoke), methods=["POST"]),
         Route("/models/{name}", bind(model)),
         Route("/endpoint-configs/{name}", bind(endpoint_config)),
     ]

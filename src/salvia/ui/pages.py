@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from salvia import __version__
 from salvia.api.errors import JSON_STATUS
 from salvia.errors import SalviaError, ValidationException
-from salvia.ui.api import StudioApi
+from salvia.ui.api import StudioApi, signed_in
 
 PREFIX = "/studio"
 _HERE = Path(__file__).parent
@@ -76,6 +77,27 @@ def _short_arn(arn: Any) -> str:
     return text.split(":", 5)[-1] if text.startswith("arn:") else text
 
 
+CSRF_FIELD = "csrf"
+
+
+def csrf_field() -> Markup:
+    """The hidden field every Studio form posts (empty in open mode, which has no sessions)."""
+    caller = signed_in.get()
+    if caller is None:
+        return Markup("")
+    return Markup('<input type="hidden" name="{}" value="{}">').format(CSRF_FIELD, caller.csrf)
+
+
+def _csrf_token() -> str:
+    caller = signed_in.get()
+    return caller.csrf if caller is not None else ""
+
+
+def _studio_user() -> str:
+    caller = signed_in.get()
+    return caller.principal.name if caller is not None else ""
+
+
 class Pages:
     """What every page handler needs: the API and a renderer."""
 
@@ -95,7 +117,14 @@ class Pages:
             object_path=object_path,
             num=_number,
         )
-        self.env.globals.update(prefix=PREFIX, salvia_version=__version__, terminal=TERMINAL)
+        self.env.globals.update(
+            prefix=PREFIX,
+            salvia_version=__version__,
+            terminal=TERMINAL,
+            csrf_field=csrf_field,
+            csrf_token=_csrf_token,
+            studio_user=_studio_user,
+        )
 
     def render(
         self, request: Request, template: str, http_status: int = 200, **context: Any
@@ -107,6 +136,8 @@ class Pages:
         status = JSON_STATUS.get(error.code, 400)
         if error.code in {"ResourceNotFound", "ResourceNotFoundException"}:
             status = 404
+        elif error.code in {"AccessDeniedException", "AccessDenied"}:
+            status = 403
         return self.render(request, "error.html", http_status=status, error=error)
 
 

@@ -94,6 +94,8 @@ function studioInvoke() {
     var out = document.getElementById("invoke-result");
     var headers = { "Content-Type": form.elements.contentType.value, "Accept": form.elements.accept.value };
     if (form.elements.variant.value) headers["X-Amzn-SageMaker-Target-Variant"] = form.elements.variant.value;
+    var csrf = document.querySelector('meta[name="csrf-token"]');
+    if (csrf) headers["X-CSRF-Token"] = csrf.content;  // signed-in Studio refuses posts without it
     out.className = "json";
     out.textContent = "…";
     var started = performance.now();
