@@ -70,7 +70,7 @@ _QUERY_CODES = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     """One request as the guard sees it."""
 
@@ -113,6 +113,7 @@ class AccessGuard:
         # (principal, action, resource) -> decision, for principals whose policies have no
         # conditions or variables; dropped on any change of identities or policies
         self._decisions: dict[tuple[str, str, str], str] = {}
+        self._services: dict[str, str] = {}  # JSON target prefix -> IAM's service prefix
         identities.on_change(self._decisions.clear)
 
     # -- the request path ------------------------------------------------------------------
@@ -162,6 +163,25 @@ class AccessGuard:
             receive = _replay(call.body, receive)
         elif call.kind == "s3":
             receive = self._checked_body(call, signed, receive)
+        token = current_principal.set(call.principal)
+        try:
+            if call.read_only:  # not audited: nothing to watch
+                await app(scope, receive, send)
+            else:
+                await self._audited(scope, receive, send, app, call, signed)
+        finally:
+            current_principal.reset(token)
+
+    async def _audited(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        app: App,
+        call: _Call,
+        signed: SignedRequest,
+    ) -> None:
+        """Serve a mutating call and record its outcome (and its signature against a replay)."""
         status: list[int] = []
         error_type: list[str] = []
 
@@ -173,33 +193,25 @@ class AccessGuard:
                         error_type.append(value.decode("latin-1"))
             await send(message)
 
-        token = current_principal.set(call.principal)
         try:
-            await app(scope, receive, watch if not call.read_only else send)
+            await app(scope, receive, watch)
         finally:
-            current_principal.reset(token)
-            if not call.read_only:
-                code = status[0] if status else 500
-                outcome = "Success" if code < 400 else (error_type or [f"HTTP{code}"])[0]
-                self._record(scope, call, outcome)
-                if code < 400 and not signed.presigned and call.kind != "s3":
-                    self._seen[signed.signature] = signed.timestamp + self.verifier.max_skew + 1
+            code = status[0] if status else 500
+            outcome = "Success" if code < 400 else (error_type or [f"HTTP{code}"])[0]
+            self._record(scope, call, outcome)
+            if code < 400 and not signed.presigned and call.kind != "s3":
+                self._seen[signed.signature] = signed.timestamp + self.verifier.max_skew + 1
 
     def _classify(self, scope: Scope, router: Router) -> _Call | None:
         method, path = scope["method"], scope["path"]
-        headers = scope["headers"]
         if path == "/healthz" and method in ("GET", "HEAD"):
             return None
-        target = content_type = None
-        signed = False
-        for name, value in headers:
-            if name == b"x-amz-target":
-                target = value.decode("latin-1")
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"authorization":
-                signed = True
-        if not signed and b"X-Amz-Signature=" not in scope.get("query_string", b""):
+        headers = dict(scope["headers"])
+        target = headers.get(b"x-amz-target")
+        content_type = headers.get(b"content-type")
+        if b"authorization" not in headers and b"X-Amz-Signature=" not in scope.get(
+            "query_string", b""
+        ):
             if path == "/metrics" and method == "GET":
                 return None  # Prometheus does not sign; the figures are counts, not data
             studio = getattr(router, "studio", None)
@@ -208,11 +220,8 @@ class AccessGuard:
                 # itself (and says so), never as an unauthenticated way around the guard
                 return None if getattr(studio, "authenticates_users", False) else _Call("studio")
         if target is not None:
-            prefix, _, operation = target.rpartition(".")
-            service = router.json_services.get(prefix)
-            meta = service.model.metadata if service else {}
-            name = meta.get("signingName") or meta.get("endpointPrefix")
-            return _Call("json", str(name or prefix.lower()), operation)
+            prefix, _, operation = target.decode("latin-1").rpartition(".")
+            return _Call("json", self._service_name(router, prefix), operation)
         if (
             method == "POST"
             and path == "/"
@@ -231,6 +240,17 @@ class AccessGuard:
         # S3 bodies stream through; DeleteObjects' is read for its keys, each one checked
         deleting = method == "POST" and b"delete" in scope.get("query_string", b"")
         return _Call("s3", needs_body=deleting)
+
+    def _service_name(self, router: Router, prefix: str) -> str:
+        """IAM's service prefix of a JSON target prefix ("SageMaker" -> "sagemaker")."""
+        name = self._services.get(prefix)
+        if name is None:
+            service = router.json_services.get(prefix)
+            meta = service.model.metadata if service else {}
+            name = str(meta.get("signingName") or meta.get("endpointPrefix") or prefix.lower())
+            if service is not None:  # unknown prefixes are refused later, not remembered
+                self._services[prefix] = name
+        return name
 
     # -- authentication --------------------------------------------------------------------
     def _authenticate(self, scope: Scope, call: _Call) -> SignedRequest:
@@ -313,7 +333,7 @@ class AccessGuard:
     def _authorize(self, scope: Scope, call: _Call) -> None:
         principal = call.principal
         assert principal is not None
-        contextual = any(policy.contextual for policy in principal.policies)
+        contextual = principal.contextual
         context_values = self._context(scope, principal) if contextual else {}
         access = self._access(scope, call, context_values)
         call.access = access
@@ -328,6 +348,42 @@ class AccessGuard:
                 )
         if principal.unrestricted or access == [("sts:GetCallerIdentity", "*")]:
             return  # as in AWS, anyone signed may ask who they are
+        for action, resource in access:
+            if contextual:
+                decision = self._evaluate(scope, call, context_values, action, resource)
+            else:
+                cache_key = (principal.arn, action, resource)
+                decision = self._decisions.get(cache_key, "")
+                if not decision:
+                    decision = self._evaluate(scope, call, context_values, action, resource)
+                    if len(self._decisions) > 100_000:
+                        self._decisions.clear()
+                    self._decisions[cache_key] = decision
+            if decision != ALLOW:
+                how = (
+                    "an explicit deny" if decision != "ImplicitDeny" else "no identity-based policy"
+                )
+                raise _refusal(
+                    "AccessDeniedException",
+                    f"User: {principal.arn} is not authorized to perform: {action} on resource: "
+                    f"{resource} because {how} allows it"
+                    if decision == "ImplicitDeny"
+                    else f"User: {principal.arn} is not authorized to perform: {action} on "
+                    f"resource: {resource} with an explicit deny in an identity-based policy",
+                    "AccessDenied",
+                )
+
+    def _evaluate(
+        self,
+        scope: Scope,
+        call: _Call,
+        context_values: dict[str, list[str]],
+        action: str,
+        resource: str,
+    ) -> str:
+        """The decision of the caller's policies on one (action, resource)."""
+        principal = call.principal
+        assert principal is not None
         tags: dict[str, dict[str, str]] = {}
         requested: dict[str, list[str]] = {}
 
@@ -353,31 +409,10 @@ class AccessGuard:
             value = tags[resource].get(tag)
             return None if value is None else [value]
 
-        ctx = RequestContext(context_values, resolve)
-        for action, resource in access:
-            if contextual:
-                decision, _ = evaluate(principal.policies, action, resource, ctx)
-            else:
-                cache_key = (principal.arn, action, resource)
-                decision = self._decisions.get(cache_key, "")
-                if not decision:
-                    decision, _ = evaluate(principal.policies, action, resource, ctx)
-                    if len(self._decisions) > 100_000:
-                        self._decisions.clear()
-                    self._decisions[cache_key] = decision
-            if decision != ALLOW:
-                how = (
-                    "an explicit deny" if decision != "ImplicitDeny" else "no identity-based policy"
-                )
-                raise _refusal(
-                    "AccessDeniedException",
-                    f"User: {principal.arn} is not authorized to perform: {action} on resource: "
-                    f"{resource} because {how} allows it"
-                    if decision == "ImplicitDeny"
-                    else f"User: {principal.arn} is not authorized to perform: {action} on "
-                    f"resource: {resource} with an explicit deny in an identity-based policy",
-                    "AccessDenied",
-                )
+        decision, _ = evaluate(
+            principal.policies, action, resource, RequestContext(context_values, resolve)
+        )
+        return decision
 
     def _assumable(self, role_arn: str) -> bool:
         """SageMaker's check of a passed role: it exists and trusts sagemaker.amazonaws.com."""

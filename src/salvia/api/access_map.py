@@ -44,27 +44,34 @@ def _noun(operation: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def _arn_type(noun: str) -> str:
     return _ARN_TYPES.get(noun) or _KEBAB.sub("-", noun).lower()
 
 
+@functools.lru_cache(maxsize=1024)
+def _naming(operation: str) -> tuple[str, str, str]:
+    """(action, the member naming the resource, its ARN type) of a SageMaker operation; the
+    member is "" for operations that name none."""
+    noun = _noun(operation)
+    if noun is None:
+        return f"sagemaker:{operation}", "", ""
+    return f"sagemaker:{operation}", f"{noun}Name", _arn_type(noun)
+
+
 def sagemaker_access(operation: str, params: Mapping[str, Any], settings: Settings) -> list[Access]:
-    action = f"sagemaker:{operation}"
+    action, member, arn_type = _naming(operation)
     resource = "*"
     arn = params.get("ResourceArn")
-    noun = _noun(operation)
     if isinstance(arn, str):
         resource = arn
-    elif noun is not None:
-        name = params.get(f"{noun}Name")
+    elif member:
+        name = params.get(member)
         if isinstance(name, str) and name:
-            if name.startswith("arn:"):
-                resource = name
-            else:
-                resource = settings.arn(_arn_type(noun), name.lower())
+            resource = name if name.startswith("arn:") else settings.arn(arn_type, name.lower())
     access = [(action, resource)]
-    for member in PASSED_ROLES:
-        role = params.get(member)
+    for passed in PASSED_ROLES:
+        role = params.get(passed)
         if isinstance(role, str) and role:
             access.append(("iam:PassRole", role))
     return access

@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from botocore.utils import normalize_url_path
@@ -39,8 +40,7 @@ _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
 
 
-@dataclass(frozen=True, slots=True)
-class Credential:
+class Credential(NamedTuple):
     access_key: str
     date: str
     region: str
@@ -80,18 +80,29 @@ def parse_authorization(header: str | None) -> Credential | None:
     return _parse_header(header)[0]
 
 
-# the shape every botocore-signed header has; anything else takes the general path below
-_BOTOCORE_HEADER = re.compile(
+# the shape every botocore-signed header has up to its signature; anything else takes the
+# general path below
+_BOTOCORE_HEAD = re.compile(
     r"AWS4-HMAC-SHA256 Credential=([^/,\s]+)/(\d{8})/([^/,\s]+)/([^/,\s]+)/aws4_request, "
-    r"SignedHeaders=([^,\s]+), Signature=([0-9a-f]{64})"
+    r"SignedHeaders=([^,\s]+), Signature="
 )
 
 
-def _parse_header(header: str) -> tuple[Credential, list[str], str]:
-    fast = _BOTOCORE_HEADER.fullmatch(header)
-    if fast is not None:
-        key, date, region, service, signed, signature = fast.groups()
-        return Credential(key, date, region, service), signed.split(";"), signature
+@functools.lru_cache(maxsize=1024)
+def _botocore_head(head: str) -> tuple[Credential, tuple[str, ...]] | None:
+    """A client's header up to its signature: the same for all its requests of a day."""
+    fast = _BOTOCORE_HEAD.fullmatch(head)
+    if fast is None:
+        return None
+    key, date, region, service, signed = fast.groups()
+    return Credential(key, date, region, service), tuple(signed.split(";"))
+
+
+def _parse_header(header: str) -> tuple[Credential, tuple[str, ...], str]:
+    head, signature = header[:-64], header[-64:]
+    fast = _botocore_head(head) if head.endswith("Signature=") else None
+    if fast is not None and _SIGNATURE.fullmatch(signature):
+        return fast[0], fast[1], signature
     algorithm, _, rest = header.strip().partition(" ")
     if algorithm != ALGORITHM:
         raise IncompleteSignature(
@@ -110,7 +121,7 @@ def _parse_header(header: str) -> tuple[Credential, list[str], str]:
     signature = params["Signature"]
     if not _SIGNATURE.fullmatch(signature):
         raise IncompleteSignature("Signature must be 64 lowercase hexadecimal characters.")
-    return credential, params["SignedHeaders"].split(";"), signature
+    return credential, tuple(params["SignedHeaders"].split(";")), signature
 
 
 def _scope(text: str) -> Credential:
@@ -131,7 +142,7 @@ class SignedRequest:
 
     credential: Credential
     amz_date: str
-    signed_headers: list[str]
+    signed_headers: tuple[str, ...]
     signature: str
     presigned: bool
     payload_hash: str | None  # x-amz-content-sha256 when sent (always for S3), else None
@@ -160,28 +171,30 @@ def read_signature(
     """The claimed signature of a request (header or presigned query); None when unsigned.
 
     Malformed claims raise `IncompleteSignature`."""
-    authorization = amz_date = content_sha = token = date_header = None
-    for name, value in headers:
-        if name == b"authorization":
-            authorization = value.decode("latin-1")
-        elif name == b"x-amz-date":
-            amz_date = value.decode("latin-1")
-        elif name == b"x-amz-content-sha256":
-            content_sha = value.decode("latin-1")
-        elif name == b"x-amz-security-token":
-            token = value.decode("latin-1")
-        elif name == b"date":
-            date_header = value.decode("latin-1")
+    found = dict(headers)  # a repeated header: its last value, as before
+    authorization = found.get(b"authorization")
     if authorization is not None:
-        credential, signed, signature = _parse_header(authorization)
-        if amz_date is None and date_header is not None:
-            amz_date = _from_http_date(date_header)
-        if amz_date is None or not _AMZ_DATE.fullmatch(amz_date):
+        credential, signed, signature = _parse_header(authorization.decode("latin-1"))
+        amz_date = found.get(b"x-amz-date")
+        date = amz_date.decode("latin-1") if amz_date is not None else None
+        if date is None and b"date" in found:
+            date = _from_http_date(found[b"date"].decode("latin-1"))
+        if date is None or not _AMZ_DATE.fullmatch(date):
             raise IncompleteSignature(
                 "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' "
                 "header."
             )
-        return SignedRequest(credential, amz_date, signed, signature, False, content_sha, token)
+        content_sha = found.get(b"x-amz-content-sha256")
+        token = found.get(b"x-amz-security-token")
+        return SignedRequest(
+            credential,
+            date,
+            signed,
+            signature,
+            False,
+            None if content_sha is None else content_sha.decode("latin-1"),
+            None if token is None else token.decode("latin-1"),
+        )
     params = dict(query)
     if params.get("X-Amz-Algorithm") is None and params.get("X-Amz-Signature") is None:
         if "AWSAccessKeyId" in params or "Signature" in params:
@@ -208,7 +221,7 @@ def read_signature(
     return SignedRequest(
         _scope(params["X-Amz-Credential"]),
         params["X-Amz-Date"],
-        params["X-Amz-SignedHeaders"].split(";"),
+        tuple(params["X-Amz-SignedHeaders"].split(";")),
         params["X-Amz-Signature"],
         True,
         UNSIGNED_PAYLOAD,
@@ -227,7 +240,7 @@ def _legacy_presigned(params: dict[str, str]) -> SignedRequest:
     return SignedRequest(
         Credential(params["AWSAccessKeyId"], "", "", "s3"),
         "",
-        [],
+        (),
         params["Signature"],
         True,
         UNSIGNED_PAYLOAD,
@@ -303,6 +316,55 @@ def _canonical_path(raw_path: str) -> str:
     return quote(normalize_url_path(raw_path or "/"), safe="/~")
 
 
+@functools.lru_cache(maxsize=256)
+def _header_names(signed_headers: tuple[str, ...]) -> tuple[bytes, ...] | None:
+    """The signed header names as the wire has them; None when one is named twice (a list
+    botocore never signs, and no request can match)."""
+    names = tuple(name.encode("latin-1") for name in signed_headers)
+    return names if len(set(names)) == len(names) else None
+
+
+def _canonical_value(value: bytes) -> bytes:
+    # botocore signs str values as UTF-8 and http.client sends them as latin-1
+    return " ".join(value.decode("latin-1").split()).encode()
+
+
+def canonical_headers(
+    headers: Sequence[tuple[bytes, bytes]], signed_headers: tuple[str, ...]
+) -> bytes:
+    """`name:value` lines of the signed headers, in the order the client listed them (botocore
+    sorts them: a list in any other order signs a different canonical request); a header sent
+    more than once has its values joined by commas."""
+    names = _header_names(signed_headers)
+    if names is None:
+        raise _mismatch()
+    found = dict(headers)
+    lines = []
+    if len(found) == len(headers):  # every header once: the common case
+        for name in names:
+            value = found.get(name)
+            if value is None:
+                raise _mismatch()
+            # an ASCII value splits as its str would, but for \x1c-\x1f: control characters
+            # that HTTP servers refuse in field values (one that got here would not verify)
+            lines.append(
+                name + b":" + b" ".join(value.split())
+                if value.isascii()
+                else name + b":" + _canonical_value(value)
+            )
+    else:
+        values: dict[bytes, list[bytes]] = {}
+        for name, value in headers:
+            if name in names:
+                values.setdefault(name, []).append(_canonical_value(value))
+        for name in names:
+            if name not in values:
+                raise _mismatch()
+            lines.append(name + b":" + b",".join(values[name]))
+    lines.append(b"")
+    return b"\n".join(lines)
+
+
 def canonical_request(
     method: str,
     raw_path: str,
@@ -310,29 +372,12 @@ def canonical_request(
     headers: Sequence[tuple[bytes, bytes]],
     signed: SignedRequest,
     payload_hash: str,
-) -> str:
+) -> bytes:
     path = raw_path or "/" if signed.credential.service == "s3" else _canonical_path(raw_path)
-    # the signed headers as the client listed them: botocore sorts them, and a list in any
-    # other order (or naming a header twice) signs a different canonical request
-    wanted = set(signed.signed_headers)
-    values: dict[str, list[str]] = {}
-    for name, value in headers:
-        key = name.decode("latin-1")
-        if key in wanted:
-            values.setdefault(key, []).append(" ".join(value.decode("latin-1").split()))
-    if len(values) != len(signed.signed_headers):
-        raise _mismatch()
-    lines = "\n".join(f"{name}:{','.join(values[name])}" for name in signed.signed_headers)
-    return "\n".join(
-        (
-            method,
-            path,
-            canonical_query(raw_query, signed.presigned),
-            lines + "\n",
-            ";".join(signed.signed_headers),
-            payload_hash,
-        )
-    )
+    query = canonical_query(raw_query, signed.presigned) if raw_query else ""
+    head = f"{method}\n{path}\n{query}\n".encode()
+    tail = f"\n{';'.join(signed.signed_headers)}\n{payload_hash}".encode()
+    return head + canonical_headers(headers, signed.signed_headers) + tail
 
 
 class SigV4Verifier:
@@ -341,18 +386,19 @@ class SigV4Verifier:
 
     def __init__(self, max_skew_seconds: float = MAX_SKEW_SECONDS) -> None:
         self.max_skew = max_skew_seconds
-        self._keys: dict[tuple[str, str, str, str], bytes] = {}
+        self._keys: dict[tuple[str, Credential], _SigningKey] = {}
 
-    def signing_key(self, secret: str, credential: Credential) -> bytes:
-        cache_key = (secret, credential.date, credential.region, credential.service)
+    def signing_key(self, secret: str, credential: Credential) -> _SigningKey:
+        """The key derived for one (secret, date, region, service), kept until the cache fills."""
+        cache_key = (secret, credential)
         key = self._keys.get(cache_key)
         if key is None:
             if len(self._keys) > 10_000:
                 self._keys.clear()
-            key = _hmac(f"AWS4{secret}".encode(), credential.date)
+            derived = _hmac(f"AWS4{secret}".encode(), credential.date)
             for part in (credential.region, credential.service, "aws4_request"):
-                key = _hmac(key, part)
-            self._keys[cache_key] = key
+                derived = _hmac(derived, part)
+            key = self._keys[cache_key] = _SigningKey(derived)
         return key
 
     def check_time(self, signed: SignedRequest, now: float) -> None:
@@ -403,12 +449,11 @@ class SigV4Verifier:
     ) -> str:
         request = canonical_request(method, raw_path, raw_query, headers, signed, payload_hash)
         credential = signed.credential
-        scope = f"{credential.date}/{credential.region}/{credential.service}/aws4_request"
-        to_sign = "\n".join(
-            (ALGORITHM, signed.amz_date, scope, hashlib.sha256(request.encode()).hexdigest())
+        to_sign = (
+            f"{ALGORITHM}\n{signed.amz_date}\n{credential.date}/{credential.region}/"
+            f"{credential.service}/aws4_request\n{hashlib.sha256(request).hexdigest()}"
         )
-        key = self.signing_key(secret, credential)
-        return hmac.digest(key, to_sign.encode(), "sha256").hex()
+        return self.signing_key(secret, credential).sign(to_sign.encode())
 
     def verify(
         self,
@@ -447,8 +492,31 @@ class SigV4Verifier:
                 hashlib.sha256(chunk).hexdigest(),
             )
         )
-        key = self.signing_key(secret, credential)
-        return hmac.digest(key, to_sign.encode(), "sha256").hex()
+        return self.signing_key(secret, credential).sign(to_sign.encode())
+
+
+_INNER_PAD = bytes(x ^ 0x36 for x in range(256))
+_OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
+
+
+class _SigningKey:
+    """HMAC-SHA256 under one derived key, its padded key blocks hashed once: `hmac.digest`
+    redoes that (and OpenSSL's digest lookup) on every call, about half of a signature's cost."""
+
+    __slots__ = ("_inner", "_outer", "key")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        block = key.ljust(64, b"\0")  # a derived key is 32 bytes, under SHA-256's block
+        self._inner = hashlib.sha256(block.translate(_INNER_PAD))
+        self._outer = hashlib.sha256(block.translate(_OUTER_PAD))
+
+    def sign(self, message: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
 
 def _hmac(key: bytes, message: str) -> bytes:

@@ -13,6 +13,7 @@ sealed {key id, role, expiry}, and the secret is derived from the key id.
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import secrets
 import string
@@ -66,6 +67,11 @@ class Principal:
     policies: tuple[Policy, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
     unrestricted: bool = False  # open mode: no policy is evaluated
+
+    @functools.cached_property
+    def contextual(self) -> bool:
+        """Whether a decision may depend on more than (action, resource) (see `Policy`)."""
+        return any(policy.contextual for policy in self.policies)
 
 
 def _policy_or_error(document: str) -> Policy:
