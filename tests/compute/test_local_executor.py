@@ -1,6 +1,7 @@
 """What only the local executor promises, beyond the shared contract: its state files guard
 against pid reuse, an instance whose supervisor died is lost (and its command dies with it), and a
-command that cannot be run ends with the shell's codes."""
+command that cannot be run ends with the shell's codes; its instance spec (whose environment may
+hold credentials) is readable by its owner only."""
 
 from __future__ import annotations
 
@@ -75,3 +76,12 @@ def test_a_command_that_cannot_run_exits_127(tmp_path: Path) -> None:
     _wait(lambda: executor.poll(handle).state is not State.RUNNING)
     assert executor.poll(handle) == InstanceStatus(State.EXITED, 127)
     assert "no-such-program" in spec.log_path.read_text()
+
+
+def test_the_instance_spec_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    # its environment may carry an execution role's credentials grant
+    executor = LocalProcessExecutor(tmp_path / "state")
+    spec = _spec(tmp_path, [sys.executable, "-c", "pass"])
+    handle = executor.start(spec).handle
+    assert (tmp_path / "state" / handle / "spec.json").stat().st_mode & 0o777 == 0o600
+    _wait(lambda: executor.poll(handle).state is not State.RUNNING)

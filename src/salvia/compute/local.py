@@ -98,7 +98,10 @@ class LocalProcessExecutor(Executor):
             "mount_opt_ml": spec.mount_opt_ml,
             "network_isolation": spec.network_isolation,
         }
-        (instance_dir / "spec.json").write_text(json.dumps(config))
+        # its environment may hold credentials (an execution role's grant): the owner's alone
+        fd = os.open(instance_dir / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(config))
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
 
         read_end, write_end = os.pipe()
