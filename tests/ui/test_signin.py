@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 
 from salvia.ui.signin import COOKIE, FORM_COOKIE, _cookie
 from tests.conftest import SalviaServer, unique
-from tests.ui.conftest import DESKTOP, Visit
+from tests.ui.conftest import Visit
 from tests.ui.test_studio import archive
 
 BUCKET = "signin-data"
@@ -58,20 +57,10 @@ def team(iam_server: SalviaServer) -> Team:
     return Team(viewer, job)
 
 
-@pytest.fixture
-def visit(browser: Any, iam_server: SalviaServer, request: pytest.FixtureRequest) -> Iterator[Visit]:
-    context = browser.new_context(viewport=DESKTOP)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    seen = Visit(page, iam_server.url)
-    page.on("request", lambda r: seen.requests.append(r.url))
-    page.on("console", lambda m: seen.console_errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: seen.console_errors.append(str(e)))
-    try:
-        yield seen
-    finally:
-        seen.screenshot(request.node.name)
-        context.close()
+@pytest.fixture(scope="module")
+def studio_server(iam_server: SalviaServer) -> SalviaServer:
+    """The browser fixtures' server: here the authenticated one."""
+    return iam_server
 
 
 def sign_in(visit: Visit, user: str, password: str, path: str = "/studio/home") -> Any:
@@ -84,9 +73,7 @@ def sign_in(visit: Visit, user: str, password: str, path: str = "/studio/home") 
     return visit.page
 
 
-def test_a_wrong_password_is_refused_and_the_right_one_signs_in(
-    visit: Visit, team: Team
-) -> None:
+def test_a_wrong_password_is_refused_and_the_right_one_signs_in(visit: Visit, team: Team) -> None:
     page = sign_in(visit, team.viewer, "not the password")
     assert "/studio/sign-in" in page.url
     assert "user name or password is wrong" in page.locator("#sign-in-error").inner_text()
@@ -115,7 +102,7 @@ def test_a_read_only_user_sees_lists_and_is_refused_stop_in_words(
         page.click("#stop")
     shown = page.locator(".error").inner_text()
     assert "AccessDeniedException" in shown
-    assert f"is not authorized to perform: sagemaker:StopTrainingJob on resource: " in shown
+    assert "is not authorized to perform: sagemaker:StopTrainingJob on resource: " in shown
     sm = iam_server.client()
     assert sm.describe_training_job(TrainingJobName=team.job)["TrainingJobStatus"] == "InProgress"
     # the refusal is in the audit trail under the user's name, as a signed request's would be
@@ -195,9 +182,7 @@ def test_session_cookies_are_http_only_same_site_strict_and_scoped(
     fields = {"user": team.viewer, "password": PASSWORD, "csrf": token, "next": "/studio/home"}
     answer = client.form("/studio/sign-in", fields)
     assert answer.status == 303
-    set_cookie = next(
-        v for v in answer.headers.get_all("set-cookie") if v.startswith(COOKIE + "=")
-    )
+    set_cookie = next(v for v in answer.headers.get_all("set-cookie") if v.startswith(COOKIE + "="))
     flags = [part.strip() for part in set_cookie.split(";")]
     assert len(flags[0]) > len(COOKIE) + 40  # a long random id
     assert {"HttpOnly", "SameSite=Strict", "Path=/studio"} <= set(flags)
@@ -238,3 +223,39 @@ def test_login_profiles_through_boto3(iam_server: SalviaServer) -> None:
     with pytest.raises(iam.exceptions.NoSuchEntityException):
         iam.get_login_profile(UserName=name)
     iam.delete_user(UserName=name)
+
+
+def test_role_manager_applies_a_persona_and_the_audit_trail_shows_refusals(
+    visit: Visit, iam_server: SalviaServer
+) -> None:
+    iam = iam_server.client("iam")
+    iam.create_login_profile(UserName="admin", Password=PASSWORD)
+    newcomer = unique("newcomer")
+    iam.create_user(UserName=newcomer)
+    # a wrong password for the newcomer: a refusal the audit page can filter on
+    failed = Browserless(iam_server.url)
+    failed.send("GET", "/studio/sign-in")
+    fields = {"user": newcomer, "password": "guessing", "csrf": failed.cookies[FORM_COOKIE]}
+    assert failed.form("/studio/sign-in", fields).status == 401
+
+    page = sign_in(visit, "admin", PASSWORD, "/studio/role-manager")
+    for persona in ("data-scientist", "mlops-engineer", "compute-role"):
+        assert persona in page.locator("#personas").inner_text()
+    page.select_option("#persona", "data-scientist")
+    page.select_option("#persona-user", newcomer)
+    with page.expect_navigation():
+        page.click("#apply-persona")
+    assert "SalviaDataScientist" in page.locator("#notice").inner_text()
+    attached = iam.list_attached_user_policies(UserName=newcomer)["AttachedPolicies"]
+    assert [p["PolicyName"] for p in attached] == ["SalviaDataScientist"]
+
+    visit.open("/studio/audit", settle=False)
+    page.fill("#audit-user", newcomer)
+    page.check("#audit-denied")
+    with page.expect_navigation():
+        page.click("#audit-apply")
+    rows = page.locator("#audit tbody tr").all_inner_texts()
+    assert len(rows) == 1 and "ConsoleLogin" in rows[0] and "Failure" in rows[0]
+    visit.open("/studio/audit?user=admin", settle=False)
+    assert "AttachUserPolicy" in page.locator("#audit").inner_text()
+    visit.assert_clean()

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from salvia.errors import SalviaError
-from salvia.ui import governance, home, hosting, jobs, lists
+from salvia.ui import access, governance, home, hosting, jobs, lists
 from salvia.ui.api import StudioApi
 from salvia.ui.pages import PREFIX, Pages
 from salvia.ui.signin import SignIn, SignInGate
@@ -118,6 +118,7 @@ def create_studio(api: StudioApi, sign_in: SignIn | None = None) -> Studio:
         *jobs.routes(pages),
         *hosting.routes(pages),
         *governance.routes(pages),
+        *access.routes(pages),
         *(sign_in.routes(pages) if sign_in is not None else []),
     ]
     middleware = [Middleware(SameOrigin)]
