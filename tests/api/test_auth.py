@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -324,12 +325,17 @@ def test_a_non_loopback_address_without_authentication_refuses_to_start(
     assert "--insecure-open-access" in result.stderr
 
 
-def test_studio_without_sign_in_is_closed_in_authenticated_mode(server: SalviaServer) -> None:
-    with pytest.raises(urllib.error.HTTPError) as closed:
-        urllib.request.urlopen(f"{server.url}/studio", timeout=10)
-    assert closed.value.code == 403
-    assert b"sign-in" in closed.value.read()
-    closed.value.close()
+def test_studio_asks_to_sign_in_first_in_authenticated_mode(server: SalviaServer) -> None:
+    with urllib.request.urlopen(f"{server.url}/studio/training-jobs", timeout=10) as page:
+        assert urllib.parse.urlsplit(page.url).path == "/studio/sign-in"
+        assert b"Sign in to Studio" in page.read()
+    stop = urllib.request.Request(
+        f"{server.url}/studio/training-jobs/any/stop", data=b"", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(stop, timeout=10)
+    assert refused.value.code == 401
+    refused.value.close()
 
 
 def test_keys_and_queries_with_characters_to_escape_verify(

@@ -46,6 +46,12 @@ def test_personas_users_keys_and_the_audit_trail(
     assert status == 0 and "SalviaDataScientist" in applied
     _, users = salvia(admin, capsys, "iam", "users", "list")
     assert name in users
+    status, signed = salvia(
+        admin, capsys, "iam", "users", "password", name, "--password", "a studio password"
+    )
+    assert status == 0 and "may sign in to Studio" in signed
+    profile = admin.client("iam").get_login_profile(UserName=name)["LoginProfile"]
+    assert profile["UserName"] == name
 
     scientist = admin.client(credentials=(key, secret))
     experiment = unique("science")
