@@ -51,6 +51,8 @@ class Settings:
     async_scale_in_seconds: float = 60.0
     # how long a serverless instance stays up without a request
     serverless_idle_seconds: float = 60.0
+    # how long the audit trail (iam mode) keeps an event; older ones are deleted in the background
+    audit_retention_days: float = 90.0
     # URLs (comma-separated) that receive model registry events ("SageMaker Model Package State
     # Change", EventBridge-shaped JSON) on every approval status a model package version takes
     model_events_webhook: str = ""
@@ -106,6 +108,8 @@ class Settings:
             raise ValueError(
                 f"async_scale_in_seconds must be > 0, got {self.async_scale_in_seconds}"
             )
+        if not self.audit_retention_days > 0:
+            raise ValueError(f"audit_retention_days must be > 0, got {self.audit_retention_days}")
         if not self.autoscaling_period > 0:
             raise ValueError(f"autoscaling_period must be > 0, got {self.autoscaling_period}")
         if not 0 <= self.port <= 65535:
@@ -133,6 +137,7 @@ _ENV = {
     "SALVIA_ASYNC_SCALE_IN_SECONDS": "async_scale_in_seconds",
     "SALVIA_SERVERLESS_IDLE_SECONDS": "serverless_idle_seconds",
     "SALVIA_MODEL_EVENTS_WEBHOOK": "model_events_webhook",
+    "SALVIA_AUDIT_RETENTION_DAYS": "audit_retention_days",
 }
 
 
@@ -143,7 +148,12 @@ def _coerce(name: str, value: Any) -> Any:
         return int(value)
     if name == "insecure_open_access":
         return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
-    if name in ("autoscaling_period", "async_scale_in_seconds", "serverless_idle_seconds"):
+    if name in (
+        "autoscaling_period",
+        "async_scale_in_seconds",
+        "serverless_idle_seconds",
+        "audit_retention_days",
+    ):
         return float(value)
     return str(value)
 

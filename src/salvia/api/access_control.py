@@ -114,7 +114,9 @@ def install_access_control(
     service_model: Callable[[str], ServiceModel],
 ) -> AccessControl:
     identities = IdentityStore(store, SecretBox.under(settings.home), settings.account_id)
-    audit = AuditTrail(store, settings.account_id, settings.region)
+    audit = AuditTrail(
+        store, settings.account_id, settings.region, settings.audit_retention_days * 86400
+    )
 
     def open_caller() -> dict[str, str]:
         account = settings.account_id

@@ -2,7 +2,8 @@
 
 Events are `audit-event` records (name: the event id; parent: the user name, so a user's events
 list by index; status: the outcome) and read back through CloudTrail's `LookupEvents`. Writing
-never holds up a request: events queue to one writer thread, which `flush` waits for.
+never holds up a request: events queue to one writer thread, which `flush` waits for. The same
+thread deletes events older than the retention period, at start and then hourly.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,6 +22,8 @@ from salvia.store.metadata import ListQuery, MetadataStore, Record
 log = logging.getLogger(__name__)
 
 KIND = "audit-event"
+PRUNE_EVERY_SECONDS = 3600.0
+_PRUNE_BATCH = 500
 
 
 @dataclass
@@ -44,9 +48,19 @@ class AuditEvent:
 class AuditTrail:
     """Appends events in the background; thread-safe."""
 
-    def __init__(self, store: MetadataStore, account: str, region: str) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        account: str,
+        region: str,
+        retention_seconds: float = 90 * 86400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.account, self.region = account, region
+        self.retention_seconds = retention_seconds
+        self.clock = clock
+        self._next_prune = 0.0  # at once: a server that was down a while has catching up to do
         self._queue: queue.Queue[AuditEvent | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write, name="audit-writer", daemon=True)
         self._writer.start()
@@ -62,9 +76,40 @@ class AuditTrail:
         self._queue.put(None)
         self._writer.join(timeout=10)
 
+    def prune(self) -> int:
+        """Delete the events older than the retention period; how many went."""
+        cutoff = self.clock() - self.retention_seconds
+        deleted = 0
+        while True:
+            page = self.store.list_records(
+                ListQuery(kind=KIND, created_before=cutoff, descending=False, limit=_PRUNE_BATCH)
+            )
+            for record in page.records:
+                if self.store.delete(KIND, record.name) is not None:
+                    deleted += 1
+            if len(page.records) < _PRUNE_BATCH:
+                return deleted
+
+    def _prune_when_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_SECONDS
+        try:
+            deleted = self.prune()
+        except Exception:
+            log.exception("could not prune the audit trail")
+            return
+        if deleted:
+            log.info("audit trail: %d events older than the retention period deleted", deleted)
+
     def _write(self) -> None:
         while True:
-            event = self._queue.get()
+            self._prune_when_due()
+            try:
+                event = self._queue.get(timeout=max(0.0, self._next_prune - time.monotonic()))
+            except queue.Empty:
+                continue
             try:
                 if event is None:
                     return
