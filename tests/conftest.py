@@ -206,15 +206,18 @@ def server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 @pytest.fixture(scope="module")
-def iam_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SalviaServer]:
-    """One server per test module in authenticated mode (SALVIA_AUTH_MODE=iam), whose
-    `client()` signs as the administrator it created on its first start."""
-    instance = SalviaServer(tmp_path_factory.mktemp("home"), env={"SALVIA_AUTH_MODE": "iam"})
+def iam_server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SalviaServer]:
+    """One server per test module and backend in authenticated mode (SALVIA_AUTH_MODE=iam),
+    whose `client()` signs as the administrator it created on its first start."""
+    url, drop = fresh_database(backend)
+    home = tmp_path_factory.mktemp("home")
+    instance = SalviaServer(home, url, env={"SALVIA_AUTH_MODE": "iam"})
     instance.start()
     instance.credentials = instance.admin_credentials()
     yield instance
     instance.stop()
     instance.stop_instances()
+    drop()
 
 
 @pytest.fixture

@@ -15,6 +15,9 @@ from botocore.exceptions import ClientError
 from tests.api.test_training import job_request
 from tests.conftest import SalviaServer, unique
 
+# jobs and model servers on the same role path as SQLite's; the store's part is tested on both
+pytestmark = pytest.mark.one_backend
+
 ACCOUNT = "123456789012"
 
 SCRIPT = """

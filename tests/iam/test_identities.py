@@ -1,4 +1,4 @@
-"""The identity store on a SQLite database: keys, sessions and credentials grants, and
+"""The identity store on both backends: keys, sessions and credentials grants, and
 that none of them can be passed off as another."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 
 from salvia.iam import IdentityStore, SecretBox
 from salvia.store.sql import SqlMetadataStore
+from tests.conftest import fresh_database
 
 SAGEMAKER = {"Service": "sagemaker.amazonaws.com"}
 TRUST = json.dumps(
@@ -19,10 +20,12 @@ TRUST = json.dumps(
 
 
 @pytest.fixture
-def identities(tmp_path: Path) -> Iterator[IdentityStore]:
-    store = SqlMetadataStore(f"sqlite:///{tmp_path / 'salvia.db'}")
+def identities(backend: str, tmp_path: Path) -> Iterator[IdentityStore]:
+    url, drop = fresh_database(backend)
+    store = SqlMetadataStore(url or f"sqlite:///{tmp_path / 'salvia.db'}")
     yield IdentityStore(store, SecretBox.under(tmp_path), "123456789012")
     store.close()
+    drop()
 
 
 def test_secrets_are_sealed_at_rest_and_keys_resolve_to_their_user(
