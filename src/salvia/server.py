@@ -235,6 +235,7 @@ def create_platform(settings: Settings) -> Platform:
         trail=app.json_services.get("com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101"),
         iam=app.query,
         runtime=runtime,
+        objects=app.fallback,
         guard=access.guard,
     )
     app.studio = create_studio(

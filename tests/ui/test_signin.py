@@ -16,6 +16,10 @@ from tests.conftest import SalviaServer, unique
 from tests.ui.conftest import Visit
 from tests.ui.test_studio import archive
 
+# a browser and a running job: SQLite only (login profiles live in the user's record, whose
+# store path the IAM tests cover on both backends)
+pytestmark = pytest.mark.one_backend
+
 BUCKET = "signin-data"
 PASSWORD = "correct horse battery"
 SLEEPER = "import time\nfor _ in range(600):\n    time.sleep(0.5)\n"
@@ -159,7 +163,8 @@ class Browserless:
         try:
             connection.request(method, path, body=body, headers=sent)
             response = connection.getresponse()
-            response.text = response.read().decode()
+            response.body = response.read()
+            response.text = response.body.decode("utf-8", "replace")
         finally:
             connection.close()
         for value in response.headers.get_all("set-cookie") or []:
@@ -259,3 +264,28 @@ def test_role_manager_applies_a_persona_and_the_audit_trail_shows_refusals(
     visit.open("/studio/audit?user=admin", settle=False)
     assert "AttachUserPolicy" in page.locator("#audit").inner_text()
     visit.assert_clean()
+
+
+def signed_in_client(url: str, user: str, password: str) -> Browserless:
+    client = Browserless(url)
+    client.send("GET", "/studio/sign-in")
+    fields = {"user": user, "password": password, "csrf": client.cookies[FORM_COOKIE]}
+    assert client.form("/studio/sign-in", fields).status == 303
+    return client
+
+
+def test_artifacts_download_as_the_signed_in_user(iam_server: SalviaServer, team: Team) -> None:
+    iam = iam_server.client("iam")
+    reader = unique("reader")
+    iam.create_user(UserName=reader)
+    iam.create_login_profile(UserName=reader, Password=PASSWORD)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+              "Resource": f"arn:aws:s3:::{BUCKET}/code/*"}]}  # fmt: skip
+    iam.put_user_policy(UserName=reader, PolicyName="code", PolicyDocument=json.dumps(policy))
+    path = f"/studio/objects/{BUCKET}/code/src.tar.gz"
+    allowed = signed_in_client(iam_server.url, reader, PASSWORD).send("GET", path)
+    assert allowed.status == 200
+    assert allowed.body[:2] == b"\x1f\x8b"  # the archive, through S3 GetObject
+    refused = signed_in_client(iam_server.url, team.viewer, PASSWORD).send("GET", path)
+    assert refused.status == 403
+    assert "s3:GetObject" in refused.text

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from salvia.api.auth import SignatureRefused
 from salvia.api.json_protocol import JsonProtocol
@@ -65,6 +66,7 @@ class StudioApi:
         trail: JsonProtocol | None = None,
         iam: QueryProtocol | None = None,
         runtime: RuntimeProtocol | None = None,
+        objects: ASGIApp | None = None,
         guard: AccessGuard | None = None,
     ) -> None:
         self._sagemaker = sagemaker
@@ -73,6 +75,7 @@ class StudioApi:
         self._trail = trail
         self._iam = iam
         self._runtime = runtime
+        self._objects = objects  # the S3 protocol, for artifacts' downloads
         self.guard = guard  # authenticated mode: every call authorized as the signed-in user
 
     async def sagemaker(self, operation: str, **params: Any) -> dict[str, Any]:
@@ -111,6 +114,27 @@ class StudioApi:
             return await runtime.handle(Request(scope, request.receive), (endpoint, "invoke"))
 
         return await self._as_user("runtime", "sagemaker", "InvokeEndpoint", {}, call, scope)
+
+    async def download(self, request: Request, bucket: str, key: str) -> Response:
+        """S3 GetObject of an artifact (a model, an output) as the signed-in user."""
+        assert self._objects is not None
+        path = f"/{bucket}/{key}"
+        kept = [(k, v) for k, v in request.scope["headers"] if k in (b"host", b"range")]
+        scope = {
+            **request.scope,
+            "method": "GET",
+            "path": path,
+            "raw_path": urllib.parse.quote(path).encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": kept,
+        }
+        objects = self._objects
+
+        async def call(name: str, given: dict[str, Any]) -> Response:
+            return _Relayed(objects, scope)
+
+        return await self._as_user("s3", "s3", "GetObject", {}, call, scope)
 
     async def _as_user(
         self,
@@ -167,6 +191,17 @@ class StudioApi:
             token = page.get("NextToken")
             if not token:
                 return
+
+
+class _Relayed(Response):
+    """A response that another ASGI app (the S3 protocol) sends for a rewritten request."""
+
+    def __init__(self, app: ASGIApp, scope: MutableMapping[str, Any]) -> None:
+        self.app, self.relayed = app, scope
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(self.relayed, receive, send)
 
 
 def _present(params: dict[str, Any]) -> dict[str, Any]:

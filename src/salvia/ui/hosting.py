@@ -68,6 +68,11 @@ async def invoke(pages: Pages, request: Request) -> Response:
         return Response(body, status_code=status, media_type="application/json")
 
 
+async def download(pages: Pages, request: Request) -> Response:
+    bucket, key = request.path_params["bucket"], request.path_params["key"]
+    return await pages.api.download(request, bucket, key)
+
+
 async def model(pages: Pages, request: Request) -> Response:
     name = request.path_params["name"]
     described = await pages.api.sagemaker("DescribeModel", ModelName=name)
@@ -94,5 +99,6 @@ def routes(pages: Pages) -> list[Route]:
         Route("/endpoints/{name}", bind(endpoint)),
         Route("/endpoints/{name}/invoke", bind(invoke), methods=["POST"]),
         Route("/models/{name}", bind(model)),
+        Route("/objects/{bucket}/{key:path}", bind(download)),
         Route("/endpoint-configs/{name}", bind(endpoint_config)),
     ]

@@ -57,7 +57,11 @@ def object_path(uri: Any) -> str:
     if not text.startswith("s3://") or text.endswith("/"):
         return ""
     bucket, _, key = text[5:].partition("/")
-    return f"/{bucket}/{urllib.parse.quote(key)}" if key else ""
+    if not key:
+        return ""
+    # signed in (iam mode), Studio fetches it as the user; open, S3 answers unsigned requests
+    through = f"{PREFIX}/objects" if signed_in.get() is not None else ""
+    return f"{through}/{bucket}/{urllib.parse.quote(key)}"
 
 
 def _number(value: Any) -> Any:
