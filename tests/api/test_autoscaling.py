@@ -189,6 +189,7 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend  # load and instances; the policies' store path is tested above
 def test_a_variant_scales_out_under_load_and_back_in(
     fast_autoscaling_server: SalviaServer,
 ) -> None:

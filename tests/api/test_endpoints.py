@@ -153,6 +153,7 @@ def test_custom_handlers_and_model_errors(server: SalviaServer, runtime: Any) ->
     assert f"sagemaker_model_latency_microseconds_sum{labels}" in exposition
 
 
+@pytest.mark.one_backend  # 2,000 invocations: the gateway's routing, not the store
 def test_two_variants_split_traffic_by_weight(server: SalviaServer, runtime: Any) -> None:
     name = deploy(
         server,
@@ -235,6 +236,7 @@ def test_endpoints_come_back_in_service_after_a_restart(own_server: SalviaServer
     sm.delete_endpoint(EndpointName=name)
 
 
+@pytest.mark.one_backend  # instances started and stopped; the store path is tested
 def test_update_weights_and_capacities(server: SalviaServer, runtime: Any) -> None:
     sm = server.client()
     name = deploy(
