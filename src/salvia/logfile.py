@@ -58,3 +58,39 @@ def read(path: Path, start_offset: int = 0) -> Iterator[LogEvent]:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 pass  # a damaged line is skipped, never fatal to reading the rest
             offset += len(line)
+
+
+class Mirror:
+    """Copies a process's plain output file into a log stream a whole line at a time, so the
+    Logs API, the SDK's `logs=True` and Studio show it. How far it got is kept beside the
+    output, so a restarted server goes on from there."""
+
+    def __init__(self, source: Path, stream: Path) -> None:
+        self.source = source
+        self.stream = stream
+        self.mark = source.with_suffix(".mirrored")
+        try:
+            self.offset = int(self.mark.read_text())
+        except (OSError, ValueError):
+            self.offset = 0
+
+    def copy(self, final: bool = False) -> None:
+        """What was written since the last copy (up to its last newline unless `final`)."""
+        try:
+            size = self.source.stat().st_size
+        except OSError:
+            return
+        if size <= self.offset:
+            return
+        with self.source.open("rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read(size - self.offset)
+        complete = data if final else data[: data.rfind(b"\n") + 1]
+        if not complete:
+            return
+        self.stream.parent.mkdir(parents=True, exist_ok=True)
+        with self.stream.open("ab") as out:
+            for line in complete.decode("utf-8", "replace").splitlines():
+                append(out, line)
+        self.offset += len(complete)
+        self.mark.write_text(str(self.offset))

@@ -176,6 +176,14 @@ def test_json_lines_with_an_output_filter(server: SalviaServer, trained: dict[st
     scores = [o["SageMakerOutput"] for o in outputs]
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 
+    # the instance's model server output is in CloudWatch Logs, as SageMaker puts it
+    logs, group = server.client("logs"), "/aws/sagemaker/TransformJobs"
+    streams = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=f"{name}/")
+    [stream] = [s["logStreamName"] for s in streams["logStreams"]]
+    assert stream.startswith(f"{name}/algo-1-")
+    events = logs.get_log_events(logGroupName=group, logStreamName=stream, startFromHead=True)
+    assert any("Model loaded" in e["message"] for e in events["events"]), events["events"]
+
 
 def test_a_failing_record_fails_the_job_with_its_position(
     server: SalviaServer, trained: dict[str, Any]

@@ -55,42 +55,6 @@ class _Instance:
 LOG_GROUP = "/aws/sagemaker/ProcessingJobs"
 
 
-class _LogMirror:
-    """Copies an instance's output into its CloudWatch Logs stream
-    (`/aws/sagemaker/ProcessingJobs/<job>/<host>-<created>`) a whole line at a time, so the
-    Logs API, the SDK's `logs=True` and Studio show it. How far it got is kept beside the
-    output, so a restarted server goes on from there."""
-
-    def __init__(self, source: Path, stream: Path) -> None:
-        self.source = source
-        self.stream = stream
-        self.mark = source.with_suffix(".mirrored")
-        try:
-            self.offset = int(self.mark.read_text())
-        except (OSError, ValueError):
-            self.offset = 0
-
-    def copy(self, final: bool = False) -> None:
-        try:
-            size = self.source.stat().st_size
-        except OSError:
-            return
-        if size <= self.offset:
-            return
-        with self.source.open("rb") as fh:
-            fh.seek(self.offset)
-            data = fh.read(size - self.offset)
-        complete = data if final else data[: data.rfind(b"\n") + 1]
-        if not complete:
-            return
-        self.stream.parent.mkdir(parents=True, exist_ok=True)
-        with self.stream.open("ab") as out:
-            for line in complete.decode("utf-8", "replace").splitlines():
-                logfile.append(out, line)
-        self.offset += len(complete)
-        self.mark.write_text(str(self.offset))
-
-
 class ProcessingEngine:
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
@@ -274,9 +238,10 @@ class ProcessingEngine:
             for mirror in mirrors:
                 mirror.copy(final=True)
 
-    def _mirror(self, record: Record, instance: _Instance) -> _LogMirror:
+    def _mirror(self, record: Record, instance: _Instance) -> logfile.Mirror:
         stream = f"{record.name}/{instance.host}-{int(record.creation_time)}"
-        return _LogMirror(instance.log, logfile.stream_path(self.ctx.logs_root, LOG_GROUP, stream))
+        path = logfile.stream_path(self.ctx.logs_root, LOG_GROUP, stream)
+        return logfile.Mirror(instance.log, path)
 
     def _follow(
         self,
@@ -285,7 +250,7 @@ class ProcessingEngine:
         stop: threading.Event,
         max_runtime: float | None,
         started_at: float,
-        mirrors: list[_LogMirror],
+        mirrors: list[logfile.Mirror],
     ) -> tuple[str, str]:
         last_upload = time.monotonic()
         reason = ""

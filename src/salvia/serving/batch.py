@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from salvia import logfile
 from salvia.compute.channels import ChannelError, source_objects
 from salvia.compute.instance_types import lookup as lookup_instance_type
 from salvia.serving import batch_records as records
@@ -36,6 +37,7 @@ from salvia.store.metadata import ListQuery, Record
 log = logging.getLogger(__name__)
 
 KIND = "transform-job"
+LOG_GROUP = "/aws/sagemaker/TransformJobs"
 _MB = 1024 * 1024
 
 
@@ -107,19 +109,24 @@ class TransformEngine:
             return
         root = self.ctx.settings.home / "transform" / name
         instances: list[dict[str, Any]] = []
+        logs = _LogMirrors(self.ctx.settings.home / "logs", record, instances)
+        status, reason = "Completed", ""
         try:
             log.info("transform job %s: starting", name)
+            logs.start()
             self._transform(record, root, instances, stop)
+            if stop.is_set():
+                status = "Stopped"
         except _Stopped:
-            self._finish(name, "Stopped")
+            status = "Stopped"
         except (TransformFailed, DeployFailed, RecordError, ChannelError) as failure:
-            self._finish(name, "Failed", str(failure))
+            status, reason = "Failed", str(failure)
         except Exception as error:  # a bug must still end the job, with its reason
             log.exception("transform job %s", name)
-            self._finish(name, "Failed", f"InternalServerError: {error}")
-        else:
-            self._finish(name, "Stopped" if stop.is_set() else "Completed")
+            status, reason = "Failed", f"InternalServerError: {error}"
         finally:
+            logs.finish()  # the whole log is in place before the job is seen to end
+            self._finish(name, status, reason)
             for instance in instances:
                 self.endpoints.stop_instance(instance, grace_seconds=10)
             shutil.rmtree(root, ignore_errors=True)
@@ -307,6 +314,49 @@ class TransformEngine:
             else:
                 parts = half
         return first + 1
+
+
+class _LogMirrors:
+    """The model servers' output of a job's instances, copied into CloudWatch Logs
+    (`/aws/sagemaker/TransformJobs/<job>/algo-<n>-<created>`) twice a second while the job
+    runs, and to the last line when it ends. `instances` is the job's list, which grows as its
+    instances start."""
+
+    def __init__(self, logs_root: Path, record: Record, instances: list[dict[str, Any]]) -> None:
+        self.logs_root = logs_root
+        self.prefix = f"{record.name}/"
+        self.created = int(record.creation_time)
+        self.instances = instances
+        self.mirrors: dict[str, logfile.Mirror] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(
+            target=self._follow, name=f"transform-logs-{record.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        self._copy(final=True)
+
+    def _follow(self) -> None:
+        while not self.done.wait(0.5):
+            self._copy(final=False)
+
+    def _copy(self, final: bool) -> None:
+        for index, instance in enumerate(list(self.instances)):
+            source = instance.get("Log")
+            if not source:
+                continue
+            mirror = self.mirrors.get(source)
+            if mirror is None:
+                stream = f"{self.prefix}algo-{index + 1}-{self.created}"
+                path = logfile.stream_path(self.logs_root, LOG_GROUP, stream)
+                mirror = self.mirrors[source] = logfile.Mirror(Path(source), path)
+            mirror.copy(final)
 
 
 def _batches(data: bytes, plan: Plan) -> Iterator[Batch]:
