@@ -10,7 +10,9 @@ within its five minutes; the server verifies it in full every time), so the clie
 almost nothing. The two servers take turns, in alternating order, for `--rounds` rounds after a
 warm-up, so that a change in the machine's other load falls on both: every round's iam/open
 ratio is printed, then the median round and the pooled figures (all requests over all seconds).
-The load average is printed with them. Target (issue 10): verification and policy evaluation
+The load average is printed with them, and each server's CPU time per request (from /proc): the
+client and the machine's other work share the cores, so requests/s move with them, while the
+server's CPU per request moves much less. Target (issue 10): verification and policy evaluation
 cost <= 15%.
 """
 
@@ -41,7 +43,7 @@ JOB = "auth-bench"
 
 
 @contextmanager
-def server(mode: str) -> Iterator[tuple[int, tuple[str, str]]]:
+def server(mode: str) -> Iterator[tuple[int, tuple[str, str], int]]:
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "SALVIA_HOME": home, "SALVIA_LOG_LEVEL": "warning",
                "SALVIA_AUTH_MODE": mode}  # fmt: skip
@@ -62,7 +64,7 @@ def server(mode: str) -> Iterator[tuple[int, tuple[str, str]]]:
             if "AWS_ACCESS_KEY_ID=" in text:
                 key = (text.split("AWS_ACCESS_KEY_ID=")[1].split()[0],
                        text.split("AWS_SECRET_ACCESS_KEY=")[1].split()[0])  # fmt: skip
-            yield port, key
+            yield port, key, process.pid
         finally:
             process.terminate()
             process.wait(60)
@@ -136,6 +138,15 @@ async def measure(port: int, raw: bytes, seconds: float, connections: int) -> tu
     return counts[0], time.perf_counter() - start
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load() -> str:
     return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -148,26 +159,40 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds: {args.rounds} is not a positive count")
-    with server("open") as (open_port, open_key), server("iam") as (iam_port, iam_key):
-        targets = {"open": (open_port, prepare(open_port, open_key)),
-                   "iam": (iam_port, prepare(iam_port, iam_key))}  # fmt: skip
-        for port, raw in targets.values():  # warm-up: caches filled, code paths specialized
+    with (
+        server("open") as (open_port, open_key, open_pid),
+        server("iam") as (
+            iam_port,
+            iam_key,
+            iam_pid,
+        ),
+    ):
+        targets = {"open": (open_port, prepare(open_port, open_key), open_pid),
+                   "iam": (iam_port, prepare(iam_port, iam_key), iam_pid)}  # fmt: skip
+        for port, raw, _ in targets.values():  # warm-up: caches filled, code paths specialized
             asyncio.run(measure(port, raw, 1.0, args.connections))
         print(f"{args.rounds} rounds of {args.seconds:g} s per mode; at the start: {load()}")
-        runs: dict[str, list[tuple[int, float]]] = {"open": [], "iam": []}
+        # per mode and round: (requests, seconds, server CPU seconds)
+        runs: dict[str, list[tuple[int, float, float]]] = {"open": [], "iam": []}
         for index in range(args.rounds):
             order = ("open", "iam") if index % 2 == 0 else ("iam", "open")
             for mode in order:
-                port, raw = targets[mode]
-                runs[mode].append(asyncio.run(measure(port, raw, args.seconds, args.connections)))
-            open_rate, iam_rate = (runs[m][-1][0] / runs[m][-1][1] for m in ("open", "iam"))
-            print(f"  round {index + 1}: open {open_rate:7.0f}/s  iam {iam_rate:7.0f}/s  "
-                  f"iam/open {iam_rate / open_rate:.3f}  cost {1 - iam_rate / open_rate:6.1%}",
+                port, raw, pid = targets[mode]
+                before = cpu_seconds(pid)
+                count, elapsed = asyncio.run(measure(port, raw, args.seconds, args.connections))
+                runs[mode].append((count, elapsed, cpu_seconds(pid) - before))
+            (o_n, o_s, o_cpu), (i_n, i_s, i_cpu) = runs["open"][-1], runs["iam"][-1]
+            print(f"  round {index + 1:2d}: open {o_n / o_s:6.0f}/s "
+                  f"({o_cpu / o_n * 1e6:5.1f} us CPU)  iam {i_n / i_s:6.0f}/s "
+                  f"({i_cpu / i_n * 1e6:5.1f} us CPU)  iam/open {i_n / i_s / (o_n / o_s):.3f}",
                   flush=True)  # fmt: skip
         print(f"at the end: {load()}")
-    rates = {mode: [count / elapsed for count, elapsed in done] for mode, done in runs.items()}
+    rates = {mode: [n / seconds for n, seconds, _ in done] for mode, done in runs.items()}
     pooled = {
-        mode: sum(c for c, _ in done) / sum(e for _, e in done) for mode, done in runs.items()
+        mode: sum(r[0] for r in done) / sum(r[1] for r in done) for mode, done in runs.items()
+    }
+    cpu = {
+        mode: sum(r[2] for r in done) / sum(r[0] for r in done) * 1e6 for mode, done in runs.items()
     }
     costs = [1 - i / o for o, i in zip(rates["open"], rates["iam"], strict=True)]
     for mode, label in (
@@ -176,10 +201,12 @@ def main() -> None:
     ):
         median = statistics.median(rates[mode])
         print(f"DescribeTrainingJob, {label}: {median:7.0f} requests/s median round, "
-              f"{pooled[mode]:7.0f} pooled")  # fmt: skip
+              f"{pooled[mode]:7.0f} pooled; server CPU {cpu[mode]:5.1f} us/request")  # fmt: skip
     pooled_cost = 1 - pooled["iam"] / pooled["open"]
     print(f"cost of verification and policy evaluation: {statistics.median(costs):.1%} median "
-          f"round, {pooled_cost:.1%} pooled (target <= 15%)")  # fmt: skip
+          f"round, {pooled_cost:.1%} pooled (target <= 15%); server CPU "
+          f"+{cpu['iam'] - cpu['open']:.1f} us/request, {1 - cpu['open'] / cpu['iam']:.1%} of "
+          "iam mode's")  # fmt: skip
 
 
 if __name__ == "__main__":

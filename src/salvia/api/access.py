@@ -85,6 +85,7 @@ class _Call:
     access_key: str = ""
     secret: str = ""
     needs_body: bool = True
+    headers: dict[bytes, bytes] | None = None  # the request's, by name (the last of a repeat)
 
 
 def _refusal(code: str, message: str, s3_code: str = "AccessDenied", status: int = 403) -> Any:
@@ -138,7 +139,13 @@ class AccessGuard:
             return
         try:
             if call.needs_body:
-                call.body = await _read(receive)
+                message = await receive()
+                if message["type"] == "http.request" and not message.get("more_body", False):
+                    call.body = message.get("body", b"")  # the whole body in one message
+                    if len(call.body) > MAX_BODY:
+                        raise _too_large(MAX_BODY)
+                else:
+                    call.body = await _read(receive, message)
                 if call.kind == "query":
                     call.params = dict(parse_qsl(call.body.decode("utf-8", "replace")))
                     call.operation = str(call.params.get("Action", ""))
@@ -221,7 +228,9 @@ class AccessGuard:
                 return None if getattr(studio, "authenticates_users", False) else _Call("studio")
         if target is not None:
             prefix, _, operation = target.decode("latin-1").rpartition(".")
-            return _Call("json", self._service_name(router, prefix), operation)
+            call = _Call("json", self._service_name(router, prefix), operation)
+            call.headers = headers
+            return call
         if (
             method == "POST"
             and path == "/"
@@ -256,7 +265,7 @@ class AccessGuard:
     def _authenticate(self, scope: Scope, call: _Call) -> SignedRequest:
         raw_query = scope.get("query_string", b"").decode("latin-1")
         query = parse_qsl(raw_query, keep_blank_values=True) if raw_query else []
-        signed = read_signature(scope["headers"], query)
+        signed = read_signature(call.headers or scope["headers"], query)
         if signed is None:
             if call.kind == "s3":
                 raise _refusal("AccessDeniedException", "Access Denied", "AccessDenied")
@@ -443,7 +452,7 @@ class AccessGuard:
             params = call.params = _json_params(call.body)
             if call.service == "sagemaker":
                 access = access_map.sagemaker_access(call.operation, params, self.settings)
-                if any(action == "iam:PassRole" for action, _ in access):
+                if len(access) > 1:  # what follows the operation's own pair: passed roles
                     context["iam:PassedToService"] = ["sagemaker.amazonaws.com"]
                 return access
             group = params.get("logGroupName") if call.service == "logs" else None
@@ -610,24 +619,29 @@ class AccessGuard:
         )
 
 
-async def _read(receive: Receive, limit: int = MAX_BODY) -> bytes:
+def _too_large(limit: int) -> SignatureRefused:
+    return _refusal(
+        "ValidationException",
+        f"The request body exceeds the limit of {limit} bytes.",
+        "EntityTooLarge",
+        413,
+    )
+
+
+async def _read(receive: Receive, message: Any, limit: int = MAX_BODY) -> bytes:
+    """The body of which `message` is the first message."""
     chunks, size = [], 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             break
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _refusal(
-                "ValidationException",
-                f"The request body exceeds the limit of {limit} bytes.",
-                "EntityTooLarge",
-                413,
-            )
+            raise _too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        message = await receive()
     return b"".join(chunks)
 
 

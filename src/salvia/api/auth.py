@@ -166,12 +166,14 @@ def _epoch(amz_date: str) -> float:
 
 
 def read_signature(
-    headers: Sequence[tuple[bytes, bytes]], query: Sequence[tuple[str, str]]
+    headers: Sequence[tuple[bytes, bytes]] | dict[bytes, bytes],
+    query: Sequence[tuple[str, str]],
 ) -> SignedRequest | None:
     """The claimed signature of a request (header or presigned query); None when unsigned.
+    `headers`: the request's list, or that list as a dict already (the last of a repeat).
 
     Malformed claims raise `IncompleteSignature`."""
-    found = dict(headers)  # a repeated header: its last value, as before
+    found = headers if isinstance(headers, dict) else dict(headers)
     authorization = found.get(b"authorization")
     if authorization is not None:
         credential, signed, signature = _parse_header(authorization.decode("latin-1"))
