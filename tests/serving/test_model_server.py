@@ -113,7 +113,11 @@ class Server:
 
 @contextmanager
 def serving(
-    model_dir: Path, env: Mapping[str, str] | None = None, *, wait: bool = True
+    model_dir: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    wait: bool = True,
+    args: tuple[str, ...] = (),
 ) -> Iterator[Server]:
     port = free_port()
     log = model_dir.parent / f"server-{port}.log"
@@ -129,6 +133,7 @@ def serving(
                 str(model_dir),
                 "--port",
                 str(port),
+                *args,
             ],
             env=environ,
             stdout=sink,
@@ -539,6 +544,33 @@ def test_several_workers_share_the_port_and_a_dead_one_is_replaced(tmp_path: Pat
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+
+
+def test_each_worker_also_answers_on_a_port_of_its_own(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    write_script(
+        model_dir,
+        """
+        import os
+
+        def model_fn(model_dir):
+            return os.getpid()
+
+        def transform_fn(model, body, content_type, accept):
+            return str(model), "text/plain"
+        """,
+    )
+    own = [free_port(), free_port()]
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}
+    with serving(model_dir, env, args=("--worker-ports", ",".join(map(str, own)))) as server:
+        answered = []
+        for port in own:
+            by_port = Server(server.proc, port, server.log)
+            pids = {by_port.invoke("x", "text/plain").text for _ in range(5)}
+            assert len(pids) == 1  # always the same worker on its own port
+            answered.append(pids.pop())
+        assert len(set(answered)) == 2  # and a different one on each
+        assert server.invoke("x", "text/plain").text in answered  # the shared port too
 
 
 def _parent_of(pid: int) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,27 +99,57 @@ def _plain(value: Any) -> Any:
 
 
 # orjson writes the same shortest round-tripping digits as Python's `repr(float)`, but its
-# exponents are bare ("1e-7", "1e16" for "1e-07", "1e+16") and it keeps 1e-5 <= |x| < 1e-4
-# positional ("0.00002" for "2e-05"). These rewrites (templates, no Python per match) make its
-# text Python's. The positional ones lead with a literal, which the regex engine finds at
-# memchr speed, and look behind it so that the tail of "10.00001" is left alone.
-_PYTHON_FORMS = [
-    (re.compile(rb"e(\d)"), rb"e+\1"),
-    (re.compile(rb"e([+-])(\d)(?!\d)"), rb"e\g<1>0\2"),
-    (re.compile(rb"0\.0000(?<![\d.]0\.0000)([1-9])(\d+)"), rb"\1.\2e-05"),
-    (re.compile(rb"0\.0000(?<![\d.]0\.0000)([1-9])(?!\d)"), rb"\1e-05"),
-]
+# positive exponents lack Python's zero padding for one digit ("1e+5" for "1e+05"), its
+# negative ones too ("1e-7" for "1e-07") and a bare exponent its sign ("1e16" for "1e+16",
+# seen in some versions), and it writes 1e-5 <= |x| < 1e-4 positionally ("0.00002" for
+# "2e-05"). `float_lines` rewrites those bytes with one vectorized insertion pass.
 PYTHON_LINES_BELOW = 1024  # below this many values, plain Python is as fast
+_E, _NL, _MINUS, _PLUS, _DOT, _ZERO = (ord(c) for c in "e\n-+.0")
+_E05 = np.frombuffer(b"e-05", dtype=np.uint8)
 
 
 def float_lines(values: np.ndarray) -> bytes:
     """`"\\n".join(map(str, values.tolist())) + "\\n"` (how SageMaker's containers write a
     batch's predictions), byte for byte, at C speed for large batches (a million values in
-    ~0.06 s instead of ~0.5 s)."""
+    ~0.1 s instead of ~0.5 s)."""
     flat = np.asarray(values, dtype=np.float64).ravel()
     if len(flat) < PYTHON_LINES_BELOW or not np.isfinite(flat).all():  # orjson writes nan as null
         return ("\n".join(map(str, flat.tolist())) + "\n").encode()
     text = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].replace(b",", b"\n")
-    for pattern, template in _PYTHON_FORMS:
-        text = pattern.sub(template, text)
-    return text + b"\n"
+    buf = np.frombuffer(text + b"\n", dtype=np.uint8)
+    at: list[np.ndarray] = []  # insert these bytes before these positions of `buf`
+    put: list[np.ndarray] = []
+    e = np.flatnonzero(buf == _E)
+    if e.size:
+        after = buf[e + 1]
+        bare = (after != _MINUS) & (after != _PLUS)
+        first = np.where(bare, e + 1, e + 2)  # the exponent's first digit
+        single = buf[first + 1] == _NL
+        at += [e[bare] + 1, first[single]]
+        put += [
+            np.full(int(bare.sum()), _PLUS, np.uint8),
+            np.full(int(single.sum()), _ZERO, np.uint8),
+        ]
+    magnitude = np.abs(flat)
+    band = np.flatnonzero((magnitude >= 1e-5) & (magnitude < 1e-4))
+    drop = None
+    if band.size:  # "0.0000XYZ" -> "X.YZe-05"
+        newlines = np.flatnonzero(buf == _NL)
+        line_starts = np.concatenate([[0], newlines[:-1] + 1])
+        starts = line_starts[band] + (flat[band] < 0)  # past a minus sign
+        ends = newlines[band]
+        more = ends > starts + 7  # digits after the first
+        at += [starts[more] + 7, np.repeat(ends, 4)]
+        put += [np.full(int(more.sum()), _DOT, np.uint8), np.tile(_E05, band.size)]
+        drop = (starts[:, None] + np.arange(6)).ravel()  # the "0.0000"
+    if not at:
+        return text + b"\n"
+    where = np.concatenate(at)
+    order = np.argsort(where, kind="stable")
+    where, inserted = where[order], np.concatenate(put)[order]
+    out = np.insert(buf, where, inserted)
+    if drop is not None:
+        keep = np.ones(buf.size, bool)
+        keep[drop] = False
+        out = out[np.insert(keep, where, True)]
+    return out.tobytes()

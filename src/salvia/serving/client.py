@@ -8,8 +8,9 @@ gateway's overhead); responses with Content-Length or chunked bodies are read. O
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -26,11 +27,18 @@ class Reply:
 
 
 class InstanceClient:
-    def __init__(self, host: str, port: int, max_idle: int = 32) -> None:
+    """`worker_ports`: the ports of an instance's worker processes, each its own; new
+    connections go to them in turn, so concurrent requests reach different workers (on the
+    shared `port`, one worker can take them all)."""
+
+    def __init__(
+        self, host: str, port: int, max_idle: int = 32, worker_ports: Sequence[int] = ()
+    ) -> None:
         self.host = host
         self.port = port
         self.max_idle = max_idle
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._connect_ports = itertools.cycle(worker_ports or (port,))
 
     async def request(
         self,
@@ -75,7 +83,8 @@ class InstanceClient:
 
     async def _connect(self, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
-            return await asyncio.wait_for(asyncio.open_connection(self.host, self.port), timeout)
+            port = next(self._connect_ports)
+            return await asyncio.wait_for(asyncio.open_connection(self.host, port), timeout)
         except (OSError, TimeoutError) as error:
             raise InstanceUnavailable(str(error) or type(error).__name__) from error
 

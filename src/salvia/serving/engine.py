@@ -421,13 +421,19 @@ class EndpointEngine:
             workdir = root if len(containers) == 1 else root / f"container-{number}"
             workdir.mkdir(parents=True, exist_ok=True)
             port = _free_port()
+            # several workers: a port of each one's own too, for the client to spread over
+            workers = int(container.env.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1)
+            worker_ports = [_free_port() for _ in range(workers)] if workers > 1 else []
+            command = [
+                *(sys.executable, "-m", "salvia.serving.model_server"),
+                *("--model-dir", str(container.model_dir), "--port", str(port)),
+            ]
+            if worker_ports:
+                command += ["--worker-ports", ",".join(map(str, worker_ports))]
             spec = InstanceSpec(
                 job_name=owner,
                 host=host + (f"-{number}" if number else ""),
-                command=[
-                    *(sys.executable, "-m", "salvia.serving.model_server"),
-                    *("--model-dir", str(container.model_dir), "--port", str(port)),
-                ],
+                command=command,
                 env={**base, **container.env, "PYTHONUNBUFFERED": "1"},
                 workdir=workdir,
                 log_path=workdir / "server.log",
@@ -438,6 +444,8 @@ class EndpointEngine:
             handle = self.ctx.executor.start(spec)
             processes.append({"Handle": handle.handle, "Port": port, "Log": str(spec.log_path),
                               "Hostname": container.hostname})  # fmt: skip
+            if worker_ports:
+                processes[-1]["WorkerPorts"] = worker_ports
         instance = dict(processes[0])
         if containers[0].multi_model is not None:
             configured = containers[0].env.get(CACHE_VARIABLE)
@@ -456,7 +464,10 @@ class EndpointEngine:
 
     def _client(self, instance: dict[str, Any]) -> Instance:
         processes = _processes(instance)
-        stages = [InstanceClient("127.0.0.1", p["Port"]) for p in processes]
+        stages = [
+            InstanceClient("127.0.0.1", p["Port"], worker_ports=p.get("WorkerPorts") or ())
+            for p in processes
+        ]
         multi = instance.get("MultiModel")
         if multi is not None:
             with self._lock:

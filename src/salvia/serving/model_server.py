@@ -442,6 +442,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--worker-ports",
+        default="",
+        help="with several workers: a port of its own for each (comma-separated), beside the "
+        "shared one, so that a client can spread its connections over the workers",
+    )
     args = parser.parse_args(argv)
     port = args.port or int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or 8080)
     workers = max(1, int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1))
@@ -461,37 +467,52 @@ def main(argv: list[str] | None = None) -> None:
         uvicorn.run(ModelServer(Settings.from_environ(args.model_dir, os.environ)), **options)
     else:
         os.environ[_MODEL_DIR_VARIABLE] = str(args.model_dir.resolve())
-        _prefork(workers, options)
+        own_ports = [int(p) for p in args.worker_ports.split(",") if p.strip()]
+        if own_ports and len(own_ports) != workers:
+            parser.error(f"--worker-ports: {len(own_ports)} ports for {workers} workers")
+        _prefork(workers, options, own_ports)
 
 
-def _prefork(workers: int, options: dict[str, Any]) -> None:
-    """`workers` server processes on one listening socket, forked after the framework's
-    libraries are imported here (see `handlers.preload`); one that dies is replaced, and
-    SIGTERM/SIGINT stop them all."""
-    import signal
+def _listen(host: str, port: int) -> Any:
     import socket
-
-    import uvicorn
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((options["host"], options["port"]))
+    listener.bind((host, port))
     listener.listen(2048)
+    return listener
+
+
+def _prefork(workers: int, options: dict[str, Any], own_ports: list[int]) -> None:
+    """`workers` server processes on one listening socket, forked after the framework's
+    libraries are imported here (see `handlers.preload`); one that dies is replaced, and
+    SIGTERM/SIGINT stop them all.
+
+    On a shared socket the first worker to wake takes every connection waiting, so the few
+    long keep-alive connections of a gateway or a transform job can all land on one worker
+    while the others idle. With `own_ports`, worker i also listens on a port of its own,
+    which a client that knows them spreads its connections over."""
+    import signal
+
+    import uvicorn
+
+    listener = _listen(options["host"], options["port"])
+    own = [_listen(options["host"], port) for port in own_ports]
     handlers.preload(os.environ.get("SALVIA_FRAMEWORK", ""))
     stopping = False
-    children: set[int] = set()
+    children: dict[int, int] = {}  # pid -> worker index
 
-    def fork_worker() -> None:
+    def fork_worker(index: int) -> None:
         pid = os.fork()
         if pid:
-            children.add(pid)
+            children[pid] = index
             return
         status = 1
         try:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_DFL)  # uvicorn installs its own
             config = uvicorn.Config(create_app(), **options)
-            uvicorn.Server(config).run(sockets=[listener])
+            uvicorn.Server(config).run(sockets=[listener, *own[index : index + 1]])
             status = 0
         finally:
             os._exit(status)
@@ -499,12 +520,12 @@ def _prefork(workers: int, options: dict[str, Any]) -> None:
     def stop(signum: int, _: Any) -> None:
         nonlocal stopping
         stopping = True
-        for pid in children:
+        for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    for _ in range(workers):
-        fork_worker()
+    for index in range(workers):
+        fork_worker(index)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     last_fork = time.monotonic()
@@ -513,11 +534,11 @@ def _prefork(workers: int, options: dict[str, Any]) -> None:
             pid, _status = os.wait()
         except ChildProcessError:
             break
-        children.discard(pid)
-        if not stopping:  # a worker died: replace it, at most one a second
+        dead = children.pop(pid, -1)
+        if not stopping and dead >= 0:  # a worker died: replace it, one a second
             time.sleep(max(0.0, 1.0 - (time.monotonic() - last_fork)))
             last_fork = time.monotonic()
-            fork_worker()
+            fork_worker(dead)
 
 
 if __name__ == "__main__":
