@@ -303,3 +303,32 @@ def test_the_sdk_reads_what_salvia_writes(sdk: ModuleType) -> None:
     (record,) = sdk.read_records(stream)
     assert record.label["score"].float32_tensor.values[0] == 0.25
     assert record.label["predicted_label"].float32_tensor.values[0] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("features", "labels"),
+    [
+        (sparse.random(300, 40, density=0.1, format="csr", dtype=np.float32, random_state=1),
+         np.arange(300, dtype=np.float32)),
+        (np.random.default_rng(2).random((300, 6), dtype=np.float32), None),
+        (np.random.default_rng(3).random((50, 4)), np.ones(50)),  # Float64: the general path
+    ],
+)  # fmt: skip
+def test_the_quick_reader_reads_what_the_record_by_record_one_does(
+    features: Any, labels: np.ndarray | None
+) -> None:
+    out = io.BytesIO()
+    recordio.write_dataset(out, features, labels)
+    payloads = list(recordio.read_records(out.getvalue()))
+    quick = recordio.read_dataset_bytes(out.getvalue())
+    general = recordio._assemble([recordio.decode_record(p) for p in payloads])
+    assert type(quick[0]) is type(general[0])
+    assert quick[0].dtype == general[0].dtype and quick[0].shape == general[0].shape
+    if sparse.issparse(general[0]):
+        assert (quick[0] != general[0]).nnz == 0
+    else:
+        np.testing.assert_array_equal(quick[0], general[0])
+    if labels is None:
+        assert quick[1] is None and general[1] is None
+    else:
+        np.testing.assert_array_equal(quick[1], general[1])
