@@ -253,7 +253,7 @@ def main() -> None:
             files[labeled] = path
         print(f"{args.rows} rows x 20 features")
         spread = "  ratios" if args.repeat > 1 else ""
-        print(f"{'algorithm':16} {'salvia s':>9} {'reference s':>12} {'ratio':>6}{spread}")
+        print(f"{'algorithm':22} {'salvia s':>9} {'reference s':>12} {'ratio':>6}{spread}")
         for index, bench in enumerate(chosen):
             reference_file = files[bench.labeled]
             if bench.sparse:
@@ -269,7 +269,7 @@ def main() -> None:
             mine, reference = statistics.median(ours), statistics.median(theirs)
             pairs = " ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs, strict=True))
             spread = f"  {pairs}" if args.repeat > 1 else ""
-            print(f"{bench.name:16} {mine:9.2f} {reference:12.2f} {mine / reference:6.2f}{spread}")
+            print(f"{bench.name:22} {mine:9.2f} {reference:12.2f} {mine / reference:6.2f}{spread}")
     print("target: ratio <= 1.15")
 
 
