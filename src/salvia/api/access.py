@@ -130,8 +130,9 @@ class AccessGuard:
             return
         if call.kind == "studio":
             closed = Response(
-                "Studio has no sign-in yet, so it is closed in authenticated mode; use the API "
-                "with signed requests (boto3, the SageMaker SDK, the salvia command).",
+                "This Studio does not sign its users in, so it is closed in authenticated mode; "
+                "use the API with signed requests (boto3, the SageMaker SDK, the salvia "
+                "command).",
                 status_code=403,
                 media_type="text/plain",
             )
