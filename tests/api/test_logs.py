@@ -412,6 +412,9 @@ def test_salvia_logs_follow_an_unknown_job_until_interrupted(server: SalviaServe
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as a terminal would run it: a suite started in the background (`cmd &`) ignores
+        # SIGINT, and an ignored signal would be inherited, so Ctrl-C could not be simulated
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue[str] = queue.Queue()
     assert process.stdout is not None and process.stderr is not None
