@@ -144,8 +144,10 @@ def input_fn(body: bytes | str, content_type: str | None) -> Any:
     base = (content_type or formats.CSV).split(";")[0].strip().lower()
     if base in ("text/csv", "csv"):
         rows, _ = csv_rows(body)
-        # threads only pay off for big batches; for a few rows they cost more than they save
-        return xgb.DMatrix(rows, nthread=1 if len(rows) < _THREADED_ROWS else -1)
+        # threads only pay off for big batches (and no more than the instance gives this
+        # worker: -1 would take every core, over the other workers); for a few rows they cost
+        # more than they save
+        return xgb.DMatrix(rows, nthread=1 if len(rows) < _THREADED_ROWS else _THREADS)
     text = body.decode("utf-8") if isinstance(body, bytes) and base != formats.RECORDIO else body
     if base in ("text/libsvm", "text/x-libsvm", "libsvm"):
         return xgb.DMatrix(_request_libsvm(str(text).strip()))
