@@ -4,28 +4,14 @@ that none of them can be passed off as another."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from salvia.iam import IdentityStore, SecretBox
-from salvia.store.sql import SqlMetadataStore
-from tests.conftest import fresh_database
+from salvia.iam import IdentityStore
 
 SAGEMAKER = {"Service": "sagemaker.amazonaws.com"}
 TRUST = json.dumps(
     {"Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": SAGEMAKER}]}
 )
-
-
-@pytest.fixture
-def identities(backend: str, tmp_path: Path) -> Iterator[IdentityStore]:
-    url, drop = fresh_database(backend)
-    store = SqlMetadataStore(url or f"sqlite:///{tmp_path / 'salvia.db'}")
-    yield IdentityStore(store, SecretBox.under(tmp_path), "123456789012")
-    store.close()
-    drop()
 
 
 def test_secrets_are_sealed_at_rest_and_keys_resolve_to_their_user(

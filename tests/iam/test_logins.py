@@ -4,28 +4,15 @@ and a user's principal for Studio carries the user's policies of now."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from salvia.errors import PasswordPolicyViolation
-from salvia.iam import IdentityStore, SecretBox
+from salvia.iam import IdentityStore
 from salvia.iam.logins import LoginProfiles
-from salvia.store.sql import SqlMetadataStore
-from tests.conftest import fresh_database
 
 READ = json.dumps({"Statement": [{"Effect": "Allow", "Action": "sagemaker:Describe*",
                                   "Resource": "*"}]})  # fmt: skip
-
-
-@pytest.fixture
-def identities(backend: str, tmp_path: Path) -> Iterator[IdentityStore]:
-    url, drop = fresh_database(backend)
-    store = SqlMetadataStore(url or f"sqlite:///{tmp_path / 'salvia.db'}")
-    yield IdentityStore(store, SecretBox.under(tmp_path), "123456789012")
-    store.close()
-    drop()
 
 
 def test_passwords_are_hashed_with_a_salt_of_their_own_and_verified(

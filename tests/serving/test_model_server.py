@@ -500,20 +500,8 @@ def test_xgboost_model(tmp_path: Path, framework: str) -> None:
 
 
 def test_several_workers_share_the_port_and_a_dead_one_is_replaced(tmp_path: Path) -> None:
-    model_dir = tmp_path / "model"
-    write_script(
-        model_dir,
-        """
-        import os, time
-
-        def model_fn(model_dir):
-            return os.getpid()
-
-        def transform_fn(model, body, content_type, accept):
-            time.sleep(0.05)  # long enough that concurrent calls land on both workers
-            return str(model), "text/plain"
-        """,
-    )
+    # each call takes long enough that concurrent ones land on both workers
+    model_dir = _answers_its_pid(tmp_path, delay=0.05)
     env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}
     with serving(model_dir, env) as server:
         from concurrent.futures import ThreadPoolExecutor
@@ -547,19 +535,7 @@ def test_several_workers_share_the_port_and_a_dead_one_is_replaced(tmp_path: Pat
 
 
 def test_each_worker_also_answers_on_a_port_of_its_own(tmp_path: Path) -> None:
-    model_dir = tmp_path / "model"
-    write_script(
-        model_dir,
-        """
-        import os
-
-        def model_fn(model_dir):
-            return os.getpid()
-
-        def transform_fn(model, body, content_type, accept):
-            return str(model), "text/plain"
-        """,
-    )
+    model_dir = _answers_its_pid(tmp_path)
     own = [free_port(), free_port()]
     env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}
     with serving(model_dir, env, args=("--worker-ports", ",".join(map(str, own)))) as server:
@@ -571,6 +547,25 @@ def test_each_worker_also_answers_on_a_port_of_its_own(tmp_path: Path) -> None:
             answered.append(pids.pop())
         assert len(set(answered)) == 2  # and a different one on each
         assert server.invoke("x", "text/plain").text in answered  # the shared port too
+
+
+def _answers_its_pid(tmp_path: Path, delay: float = 0.0) -> Path:
+    """A model whose every answer is the id of the worker process that served it."""
+    model_dir = tmp_path / "model"
+    write_script(
+        model_dir,
+        f"""
+        import os, time
+
+        def model_fn(model_dir):
+            return os.getpid()
+
+        def transform_fn(model, body, content_type, accept):
+            time.sleep({delay})
+            return str(model), "text/plain"
+        """,
+    )
+    return model_dir
 
 
 def _parent_of(pid: int) -> int:

@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from salvia.api import access_map, access_s3
 from salvia.api import s3_xml as xml
+from salvia.api.asgi import replay_body
 from salvia.api.auth import (
     UNSIGNED_PAYLOAD,
     SignatureRefused,
@@ -168,7 +169,7 @@ class AccessGuard:
             await response(scope, receive, send)
             return
         if call.body is not None:
-            receive = _replay(call.body, receive)
+            receive = replay_body(call.body, receive)
         elif call.kind == "s3":
             receive = self._checked_body(call, signed, receive)
         token = current_principal.set(call.principal)
@@ -310,7 +311,7 @@ class AccessGuard:
         )
         self._classify_reads(scope, call)
         if not call.read_only and not signed.presigned and call.kind != "s3":
-            self._check_replay(signed.signature)
+            self._checkreplay_body(signed.signature)
         call.secret = secret
         return signed
 
@@ -322,7 +323,7 @@ class AccessGuard:
         else:
             call.read_only = scope["method"] in ("GET", "HEAD")
 
-    def _check_replay(self, signature: str) -> None:
+    def _checkreplay_body(self, signature: str) -> None:
         """Refuse a byte-identical copy of a mutating request that already succeeded.
 
         Only successes count: a client that repeats a refused call once it has fixed the cause
@@ -651,19 +652,6 @@ def _has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
             return True
     return False
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def again() -> Any:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return again
 
 
 def _json_params(body: bytes | None) -> dict[str, Any]:

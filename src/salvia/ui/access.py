@@ -134,14 +134,8 @@ async def apply_persona(pages: Pages, request: Request) -> Response:
 
 
 def routes(pages: Pages) -> list[Route]:
-    def bind(handler: Any) -> Any:
-        async def view(request: Request) -> Response:
-            return await handler(pages, request)
-
-        return view
-
     return [
-        Route("/audit", bind(audit)),
-        Route("/role-manager", bind(role_manager)),
-        Route("/role-manager/apply", bind(apply_persona), methods=["POST"]),
+        Route("/audit", pages.bind(audit)),
+        Route("/role-manager", pages.bind(role_manager)),
+        Route("/role-manager/apply", pages.bind(apply_persona), methods=["POST"]),
     ]

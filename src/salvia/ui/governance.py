@@ -377,17 +377,11 @@ async def lineage_entity(pages: Pages, arn: str) -> str:
 
 
 def routes(pages: Pages) -> list[Route]:
-    def bind(handler: Any) -> Any:
-        async def view(request: Request) -> Response:
-            return await handler(pages, request)
-
-        return view
-
     return [
-        Route("/model-registry/{group}", bind(package_group)),
-        Route("/model-registry/{group}/{version}", bind(package)),
-        Route("/model-registry/{group}/{version}/approval", bind(approve), methods=["POST"]),
-        Route("/experiments/{name}", bind(experiment)),
-        Route("/trial-components/{name}", bind(trial_component)),
-        Route("/lineage", bind(lineage)),
+        Route("/model-registry/{group}", pages.bind(package_group)),
+        Route("/model-registry/{group}/{version}", pages.bind(package)),
+        Route("/model-registry/{group}/{version}/approval", pages.bind(approve), methods=["POST"]),
+        Route("/experiments/{name}", pages.bind(experiment)),
+        Route("/trial-components/{name}", pages.bind(trial_component)),
+        Route("/lineage", pages.bind(lineage)),
     ]

@@ -4,7 +4,6 @@ models and endpoint configurations."""
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -89,16 +88,10 @@ async def endpoint_config(pages: Pages, request: Request) -> Response:
 
 
 def routes(pages: Pages) -> list[Route]:
-    def bind(handler: Any) -> Any:
-        async def view(request: Request) -> Response:
-            return await handler(pages, request)
-
-        return view
-
     return [
-        Route("/endpoints/{name}", bind(endpoint)),
-        Route("/endpoints/{name}/invoke", bind(invoke), methods=["POST"]),
-        Route("/models/{name}", bind(model)),
-        Route("/objects/{bucket}/{key:path}", bind(download)),
-        Route("/endpoint-configs/{name}", bind(endpoint_config)),
+        Route("/endpoints/{name}", pages.bind(endpoint)),
+        Route("/endpoints/{name}/invoke", pages.bind(invoke), methods=["POST"]),
+        Route("/models/{name}", pages.bind(model)),
+        Route("/objects/{bucket}/{key:path}", pages.bind(download)),
+        Route("/endpoint-configs/{name}", pages.bind(endpoint_config)),
     ]

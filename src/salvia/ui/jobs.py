@@ -290,12 +290,6 @@ async def other_job(pages: Pages, request: Request) -> Response:
 
 
 def routes(pages: Pages) -> list[Route]:
-    def bind(handler: Any) -> Any:
-        async def endpoint(request: Request) -> Response:
-            return await handler(pages, request)
-
-        return endpoint
-
     def fixed(handler: Any, kind: str) -> Any:
         async def endpoint(request: Request) -> Response:
             request.path_params["kind"] = kind
@@ -305,8 +299,8 @@ def routes(pages: Pages) -> list[Route]:
 
     stoppable = ("training-jobs", "processing-jobs", "transform-jobs", "tuning-jobs")
     return [
-        Route("/training-jobs/{name}", bind(training_job)),
-        Route("/tuning-jobs/{name}", bind(tuning_job)),
+        Route("/training-jobs/{name}", pages.bind(training_job)),
+        Route("/tuning-jobs/{name}", pages.bind(tuning_job)),
         Route("/processing-jobs/{name}", fixed(other_job, "processing-jobs")),
         Route("/transform-jobs/{name}", fixed(other_job, "transform-jobs")),
         *(Route(f"/{kind}/{{name}}/log", fixed(_log_json, kind)) for kind in _KINDS),

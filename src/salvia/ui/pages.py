@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,14 @@ def _studio_user() -> str:
 
 class Pages:
     """What every page handler needs: the API and a renderer."""
+
+    def bind(self, handler: Callable[[Pages, Request], Awaitable[Response]]) -> Any:
+        """`handler(pages, request)` as a Starlette endpoint."""
+
+        async def view(request: Request) -> Response:
+            return await handler(self, request)
+
+        return view
 
     def __init__(self, api: StudioApi) -> None:
         self.api = api

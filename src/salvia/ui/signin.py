@@ -24,8 +24,9 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from salvia.api.asgi import replay_body
 from salvia.iam import AuditEvent, AuditTrail, IdentityStore, Principal
 from salvia.iam.logins import LoginProfiles
 from salvia.ui.api import Caller, signed_in
@@ -134,19 +135,6 @@ async def _body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def again() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return again
-
-
 class SignInGate:
     """In front of Studio's routes: a page needs a session (else the sign-in page), a post
     needs the session's CSRF token; while a page is served, `signed_in` names its user."""
@@ -207,7 +195,7 @@ class SignInGate:
                 return None
             fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
             given = (fields.get(CSRF_FIELD) or [""])[-1]
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         if not expected or not _same(given, expected):
             message = (
                 "Studio refuses a form posted without this session's CSRF token; reload the "
