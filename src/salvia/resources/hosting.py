@@ -13,7 +13,8 @@ from salvia.errors import AlreadyExists, NotImplementedOperation, ValidationExce
 from salvia.resources.common import ResourceContext, list_page, list_query, name_from, tag_pairs
 from salvia.resources.model_registry import resolve_container
 from salvia.resources.registry import operation
-from salvia.serving.engine import ENDPOINT, ENDPOINT_CONFIG, MODEL, EndpointEngine
+from salvia.serving.engine import ENDPOINT, ENDPOINT_CONFIG, EndpointEngine
+from salvia.serving.instances import MODEL
 from salvia.store.metadata import Record
 
 _NAMES = {MODEL: "model", ENDPOINT_CONFIG: "endpoint configuration", ENDPOINT: "endpoint"}

@@ -12,7 +12,7 @@ from salvia.resources.jobs import create_job, find_job, job_summary
 from salvia.resources.registry import operation
 from salvia.serving.batch import KIND, TransformEngine
 from salvia.serving.batch_records import Processing
-from salvia.serving.engine import MODEL
+from salvia.serving.instances import MODEL
 from salvia.store.metadata import Record
 
 _SUMMARY = ("TransformJobName", "TransformJobArn", "TransformEndTime", "TransformJobStatus",
