@@ -311,7 +311,7 @@ class AccessGuard:
         )
         self._classify_reads(scope, call)
         if not call.read_only and not signed.presigned and call.kind != "s3":
-            self._checkreplay_body(signed.signature)
+            self._check_replay(signed.signature)
         call.secret = secret
         return signed
 
@@ -323,7 +323,7 @@ class AccessGuard:
         else:
             call.read_only = scope["method"] in ("GET", "HEAD")
 
-    def _checkreplay_body(self, signature: str) -> None:
+    def _check_replay(self, signature: str) -> None:
         """Refuse a byte-identical copy of a mutating request that already succeeded.
 
         Only successes count: a client that repeats a refused call once it has fixed the cause
