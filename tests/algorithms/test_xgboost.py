@@ -152,6 +152,33 @@ def test_binary_inference_formats(binary_job: dict[str, Any]) -> None:
         algorithm.output_fn(prediction, "image/png")
 
 
+def test_the_fused_transform_answers_as_the_three_handlers(
+    binary_job: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transform_fn predicts from the parsed rows without a DMatrix; byte for byte what
+    input_fn -> predict_fn -> output_fn answer, for every content type and batch or not."""
+    model = algorithm.model_fn(binary_job["run"].model_dir)
+    x_test = binary_job["data"][4]
+    rows = json.dumps({"instances": [{"features": row.tolist()} for row in x_test[:5]]})
+    narrow = _csv(x_test[:6, :-1])  # fewer columns than the model: the rest are missing
+    libsvm = "\n".join(" ".join(f"{i + 1}:{v}" for i, v in enumerate(r)) for r in x_test[:4])
+    requests = [
+        (_csv(x_test).encode(), "text/csv", None),
+        (_csv(x_test[:1]).encode(), "text/csv", "application/json"),
+        (narrow.encode(), "text/csv", "text/csv"),
+        (rows.encode(), "application/json", "application/jsonlines"),
+        (libsvm.encode(), "text/libsvm", "text/csv"),
+    ]
+    for batch in (False, True):
+        if batch:
+            monkeypatch.setenv("SAGEMAKER_BATCH", "true")
+        for body, content_type, accept in requests:
+            composed = algorithm.output_fn(
+                algorithm.predict_fn(algorithm.input_fn(body, content_type), model), accept
+            )
+            assert algorithm.transform_fn(model, body, content_type, accept) == composed
+
+
 def test_selectable_inference_output(
     binary_job: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -185,6 +185,101 @@ def test_json_lines_with_an_output_filter(server: SalviaServer, trained: dict[st
     assert any("Model loaded" in e["message"] for e in events["events"]), events["events"]
 
 
+def features_csv(x: np.ndarray) -> bytes:
+    buffer = io.StringIO()
+    np.savetxt(buffer, x, delimiter=",", fmt="%.4f")
+    return buffer.getvalue().encode()
+
+
+def transform(
+    sm: Any, model: str, bucket: str, prefix: str, output: str, **request: Any
+) -> dict[str, Any]:
+    name = unique("t")
+    transform_input = {
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                        "S3Uri": f"s3://{bucket}/{prefix}/"}},
+        "ContentType": "text/csv",
+        **request.pop("TransformInput", {}),
+    }  # fmt: skip
+    sm.create_transform_job(
+        TransformJobName=name,
+        ModelName=model,
+        TransformInput=transform_input,
+        TransformOutput={"S3OutputPath": f"s3://{bucket}/{output}", "AssembleWith": "Line"},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+        **request,
+    )
+    return wait(sm, name)
+
+
+def scores(body: bytes) -> np.ndarray:
+    return np.array([float(line) for line in body.decode().splitlines()])
+
+
+def test_gzipped_objects_streamed_a_payload_at_a_time(
+    server: SalviaServer, trained: dict[str, Any]
+) -> None:
+    """Each object is read, decompressed and cut as its payloads go out (1 MB each here); the
+    answers come back in the input's order."""
+    import gzip
+
+    import xgboost as xgb
+
+    sm, s3, bucket = server.client(), server.client("s3"), trained["bucket"]
+    inputs = [generated(40_000, seed=20 + i)[0] for i in range(2)]
+    for index, x in enumerate(inputs):
+        body = gzip.compress(features_csv(x))
+        s3.put_object(Bucket=bucket, Key=f"gz/part-{index}.csv.gz", Body=body)
+    job = transform(
+        sm, trained["model"], bucket, "gz", "gz-out",
+        TransformInput={"SplitType": "Line", "CompressionType": "Gzip"},
+        BatchStrategy="MultiRecord", MaxPayloadInMB=1,
+    )  # fmt: skip
+    assert job["TransformJobStatus"] == "Completed", job.get("FailureReason")
+    for index, x in enumerate(inputs):
+        body = s3.get_object(Bucket=bucket, Key=f"gz-out/part-{index}.csv.gz.out")["Body"].read()
+        expected = trained["booster"].predict(xgb.DMatrix(x))
+        np.testing.assert_allclose(scores(body), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_whole_objects_and_single_records(server: SalviaServer, trained: dict[str, Any]) -> None:
+    import xgboost as xgb
+
+    sm, s3, bucket = server.client(), server.client("s3"), trained["bucket"]
+    x = generated(40, seed=30)[0]
+    s3.put_object(Bucket=bucket, Key="small/input.csv", Body=features_csv(x))
+    expected = trained["booster"].predict(xgb.DMatrix(x))
+    for split, strategy in [("None", "MultiRecord"), ("Line", "SingleRecord")]:
+        output = f"small-{split}-{strategy}"
+        job = transform(
+            sm, trained["model"], bucket, "small", output,
+            TransformInput={"SplitType": split}, BatchStrategy=strategy,
+        )  # fmt: skip
+        assert job["TransformJobStatus"] == "Completed", job.get("FailureReason")
+        body = s3.get_object(Bucket=bucket, Key=f"{output}/input.csv.out")["Body"].read()
+        np.testing.assert_allclose(scores(body), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_stopped_job_writes_no_output(server: SalviaServer, trained: dict[str, Any]) -> None:
+    sm, s3, bucket = server.client(), server.client("s3"), trained["bucket"]
+    s3.put_object(Bucket=bucket, Key="stop/input.csv", Body=features_csv(generated(50, 31)[0]))
+    name = unique("stop")
+    sm.create_transform_job(
+        TransformJobName=name,
+        ModelName=trained["model"],
+        TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                        "S3Uri": f"s3://{bucket}/stop/"}},
+                        "ContentType": "text/csv", "SplitType": "Line"},
+        TransformOutput={"S3OutputPath": f"s3://{bucket}/stop-out"},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+    )  # fmt: skip
+    sm.stop_transform_job(TransformJobName=name)  # while its instance starts
+    job = wait(sm, name)
+    assert job["TransformJobStatus"] == "Stopped"
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="stop-out/input.csv.out")
+
+
 def test_a_failing_record_fails_the_job_with_its_position(
     server: SalviaServer, trained: dict[str, Any]
 ) -> None:

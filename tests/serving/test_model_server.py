@@ -499,6 +499,36 @@ def test_xgboost_model(tmp_path: Path, framework: str) -> None:
         assert parameters.json()["BatchStrategy"] == "MULTI_RECORD"  # type: ignore[index]
 
 
+def test_a_users_input_fn_replaces_the_xgboost_default(tmp_path: Path) -> None:
+    """The framework's fused transform_fn stands in for its own three handlers only: with a
+    user's input_fn (which gets CSV decoded, as the toolkit gives it) that one is called."""
+    xgb = pytest.importorskip("xgboost")
+    features, labels = load_iris(return_X_y=True)
+    booster = xgb.train({"objective": "multi:softprob", "num_class": 3},
+                        xgb.DMatrix(features, label=labels), num_boost_round=3)  # fmt: skip
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "xgboost-model").write_bytes(booster.save_raw("ubj"))
+    write_script(
+        model_dir,
+        """
+        import numpy as np, xgboost as xgb
+
+        def input_fn(body, content_type):
+            assert isinstance(body, str), type(body)
+            rows = [[float(v) for v in line.split("|")] for line in body.split()]
+            return xgb.DMatrix(np.array(rows))
+    """,
+    )
+    rows = features[::50]
+    with serving(model_dir, {"SALVIA_FRAMEWORK": "xgboost"}) as server:
+        body = "\n".join("|".join(str(v) for v in row) for row in rows)
+        answer = server.invoke(body, "text/csv", "application/json")
+        assert answer.status == 200, answer.text
+        scores = [p["score"] for p in answer.json()["predictions"]]  # type: ignore[index]
+        np.testing.assert_allclose(scores, booster.predict(xgb.DMatrix(rows)), rtol=1e-6)
+
+
 def test_several_workers_share_the_port_and_a_dead_one_is_replaced(tmp_path: Path) -> None:
     # each call takes long enough that concurrent ones land on both workers
     model_dir = _answers_its_pid(tmp_path, delay=0.05)

@@ -30,6 +30,7 @@ from salvia.store.objects import (
     ObjectStore,
     S3ObjectStore,
 )
+from salvia.store.streams import PartsStream
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -340,3 +341,41 @@ class TestLocalObjectStore:
         assert list((tmp_path / "data").iterdir()) == []
         store.delete_bucket("data")
         assert not (tmp_path / "data").exists()
+
+
+def test_an_object_stored_while_its_parts_are_made(store: ObjectStore, bucket: str) -> None:
+    parts = PartsStream()
+    url = f"s3://{bucket}/streamed.out"
+    stored: list[object] = []
+    writer = threading.Thread(target=lambda: stored.append(store.put_stream(url, parts)))
+    writer.start()
+    expected = b""
+    for index in range(40):
+        piece = os.urandom(50_000 + index)
+        parts.write(piece)
+        expected += piece
+    assert not store.exists(url)  # nothing is there before the end
+    parts.end()
+    writer.join(30)
+    assert store.read_bytes(url) == expected
+    assert stored[0].etag.strip('"') == hashlib.md5(expected).hexdigest()  # type: ignore[attr-defined]
+
+
+def test_a_stream_that_fails_leaves_no_object(store: ObjectStore, bucket: str) -> None:
+    parts = PartsStream()
+    url = f"s3://{bucket}/failed.out"
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            store.put_stream(url, parts)
+        except RuntimeError as error:
+            failures.append(error)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    parts.write(os.urandom(100_000))
+    parts.fail(RuntimeError("the job stopped"))
+    writer.join(30)
+    assert [str(f) for f in failures] == ["the job stopped"]
+    assert not store.exists(url)

@@ -47,9 +47,10 @@ from salvia.algorithms.xgboost_inference import (
     model_fn,
     output_fn,
     predict_fn,
+    transform_fn,
 )
 
-__all__ = ["SPEC", "input_fn", "model_fn", "output_fn", "predict_fn", "train"]
+__all__ = ["SPEC", "input_fn", "model_fn", "output_fn", "predict_fn", "train", "transform_fn"]
 
 CHECKPOINT_NAME = "xgboost-checkpoint"
 

@@ -137,23 +137,51 @@ def model_fn(model_dir: str | Path) -> Model:
     return Model(boosters, config["objective"]["name"], num_class)
 
 
+_DENSE_ROWS = (formats.JSON, formats.JSONLINES, formats.RECORDIO, "application/jsonl")
+
+
+def _is_csv(content_type: str | None) -> bool:
+    return (content_type or formats.CSV).split(";")[0].strip().lower() in ("text/csv", "csv")
+
+
+def transform_fn(model: Model, body: bytes | str, content_type: str | None,
+                 accept: str | None) -> tuple[bytes, str]:  # fmt: skip
+    """`output_fn(predict_fn(input_fn(...)))`, as the container composes them, except that CSV
+    rows reach the boosters as parsed, without the copy into a DMatrix (a twentieth of a batch
+    transform's time). A user's `input_fn`, `predict_fn` or `output_fn` replaces this."""
+    base = (content_type or formats.CSV).split(";")[0].strip().lower()
+    if _is_csv(content_type):
+        data = csv_rows(body)[0]
+    elif base in _DENSE_ROWS:
+        data = formats.decode_rows(body, base)
+    else:
+        data = input_fn(body, content_type)
+    return output_fn(predict_fn(data, model), accept)
+
+
 def input_fn(body: bytes | str, content_type: str | None) -> Any:
     """serve_utils.parse_content_data: the request as an `xgboost.DMatrix`."""
     import xgboost as xgb
 
     base = (content_type or formats.CSV).split(";")[0].strip().lower()
-    if base in ("text/csv", "csv"):
+    if _is_csv(content_type):
         rows, _ = csv_rows(body)
-        # threads only pay off for big batches (and no more than the instance gives this
-        # worker: -1 would take every core, over the other workers); for a few rows they cost
-        # more than they save
-        return xgb.DMatrix(rows, nthread=1 if len(rows) < _THREADED_ROWS else _THREADS)
+        return _dmatrix(rows)
     text = body.decode("utf-8") if isinstance(body, bytes) and base != formats.RECORDIO else body
     if base in ("text/libsvm", "text/x-libsvm", "libsvm"):
         return xgb.DMatrix(_request_libsvm(str(text).strip()))
-    if base in (formats.JSON, formats.JSONLINES, formats.RECORDIO, "application/jsonl"):
+    if base in _DENSE_ROWS:
         return xgb.DMatrix(formats.decode_rows(body, base))
     raise AlgorithmError(f"Content-type {content_type} is not supported.")
+
+
+def _dmatrix(rows: np.ndarray) -> Any:
+    import xgboost as xgb
+
+    # threads only pay off for big batches (and no more than the instance gives this worker:
+    # -1 would take every core, over the other workers); for a few rows they cost more than
+    # they save
+    return xgb.DMatrix(rows, nthread=1 if len(rows) < _THREADED_ROWS else _THREADS)
 
 
 def _request_libsvm(text: str) -> Any:
@@ -175,12 +203,23 @@ def _request_libsvm(text: str) -> Any:
 
 
 def predict_fn(data: Any, model: Model) -> Predictions:
-    """serve_utils.predict: one booster, or the ensemble's vote (softmax, hinge) or mean."""
-    threads = _THREADS if data.num_row() >= _THREADED_ROWS else 1
+    """serve_utils.predict: one booster, or the ensemble's vote (softmax, hinge) or mean. `data`:
+    a DMatrix, or rows as an array (`transform_fn`'s)."""
+    if isinstance(data, np.ndarray):
+        direct = data.shape[0] > 0 and all(
+            b.num_features() == data.shape[1] for b in model.boosters
+        )  # else a DMatrix, which also takes fewer columns than the model (the rest missing)
+        if not direct:
+            data = _dmatrix(data)
+    rows = data.shape[0] if isinstance(data, np.ndarray) else data.num_row()
+    threads = _THREADS if rows >= _THREADED_ROWS else 1
     try:
         for booster in model.boosters:
             booster.set_param("nthread", threads)
-        outputs = [b.predict(data, validate_features=False) for b in model.boosters]
+        if isinstance(data, np.ndarray):
+            outputs = [b.inplace_predict(data, validate_features=False) for b in model.boosters]
+        else:
+            outputs = [b.predict(data, validate_features=False) for b in model.boosters]
     except Exception as error:  # xgboost's feature-count check and the like
         raise AlgorithmError(f"Unable to evaluate payload provided: {error}") from None
     if len(outputs) == 1:

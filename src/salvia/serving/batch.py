@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import json
 import logging
 import shutil
@@ -33,6 +34,8 @@ from salvia.serving.batch_records import Batch, Processing, RecordError
 from salvia.serving.client import InstanceClient, InstanceUnavailable
 from salvia.serving.engine import DeployFailed, EndpointEngine
 from salvia.store.metadata import ListQuery, Record
+from salvia.store.objects import ObjectReader
+from salvia.store.streams import PartsStream
 
 log = logging.getLogger(__name__)
 
@@ -208,16 +211,15 @@ class TransformEngine:
             for item in mine:
                 if stop.is_set():
                     raise _Stopped()
-                output = await self._object(client, item, plan, stop)
-                url = f"{output_path}/{item.relative}.out"
-                await asyncio.to_thread(self.ctx.objects.put_bytes, url, output)
+                await self._object(client, item, plan, stop, f"{output_path}/{item.relative}.out")
                 await asyncio.to_thread(self._record_done, name, item.url)
 
         try:
-            await asyncio.gather(
-                *(serve(client, items[index :: len(clients)]) for index, client in
-                  enumerate(clients))
-            )  # fmt: skip
+            async with asyncio.TaskGroup() as group:  # one failing instance stops the others
+                for index, client in enumerate(clients):
+                    group.create_task(serve(client, items[index :: len(clients)]))
+        except BaseExceptionGroup as failures:
+            raise failures.exceptions[0] from None
         finally:
             for client in clients:
                 client.close()
@@ -229,34 +231,65 @@ class TransformEngine:
         self.ctx.store.update(KIND, name, change, self.ctx.clock.now())
 
     async def _object(
-        self, client: InstanceClient, item: Any, plan: Plan, stop: threading.Event
-    ) -> bytes:
-        """One input object's whole output."""
-        data = await asyncio.to_thread(self.ctx.objects.read_bytes, item.url)
-        if plan.gzip:
-            data = gzip.decompress(data)
-        try:
-            work = list(_batches(data, plan))
-        except RecordError as error:
-            raise TransformFailed(f"{item.url}: {error}") from None
-        results: list[bytes | None] = [None] * len(work)
-        semaphore = asyncio.Semaphore(plan.concurrency)
+        self, client: InstanceClient, item: Any, plan: Plan, stop: threading.Event, output: str
+    ) -> None:
+        """One input object, read, cut and sent a payload at a time, up to
+        `MaxConcurrentTransforms` in flight; its output is written in order as the answers
+        arrive and stored only once all of it is there (a failed job leaves no partial
+        output)."""
+        reader = await asyncio.to_thread(self.ctx.objects.open, item.url)
+        sink = PartsStream()
+        stored = asyncio.ensure_future(asyncio.to_thread(self.ctx.objects.put_stream, output, sink))
+        work = _batches(reader, plan)
+        # payloads cut ahead, so that a lane whose answer came sends its next at once
+        ready: asyncio.Queue[tuple[int, Batch] | None] = asyncio.Queue(maxsize=plan.concurrency)
+        answers: dict[int, bytes] = {}
+        written = 0
 
-        async def one(index: int, batch: Batch) -> None:
-            async with semaphore:
+        async def cut() -> None:
+            for index in itertools.count():
+                try:
+                    batch = await asyncio.to_thread(next, work, None)
+                except RecordError as error:
+                    raise TransformFailed(f"{item.url}: {error}") from None
+                await ready.put(None if batch is None else (index, batch))
+                if batch is None:
+                    return
+
+        async def lane() -> None:
+            nonlocal written
+            while (taken := await ready.get()) is not None:
                 if stop.is_set():
                     raise _Stopped()
-                results[index] = await self._answer(client, batch, plan, item.url, data)
+                index, batch = taken
+                answers[index] = await self._answer(client, batch, plan, item.url)
+                while written in answers:  # the answers so far, in the input's order
+                    for piece in records.assembled(answers.pop(written), plan.by_line):
+                        sink.write(piece)
+                    written += 1
+            await ready.put(None)  # for the next lane
 
-        await asyncio.gather(*(one(index, batch) for index, batch in enumerate(work)))
-        return records.assemble([r for r in results if r is not None], plan.by_line)
+        try:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(cut())
+                    for _ in range(plan.concurrency):
+                        group.create_task(lane())
+            except BaseExceptionGroup as failures:
+                raise failures.exceptions[0] from None
+            sink.end()
+            await stored
+        except BaseException as error:
+            sink.fail(error)
+            await asyncio.gather(stored, return_exceptions=True)
+            raise
+        finally:
+            await asyncio.to_thread(reader.close)
 
-    async def _answer(
-        self, client: InstanceClient, batch: Batch, plan: Plan, url: str, data: bytes
-    ) -> bytes:
+    async def _answer(self, client: InstanceClient, batch: Batch, plan: Plan, url: str) -> bytes:
         status, response_type, answer = await self._send(client, batch.payload, plan)
         if not 200 <= status < 300:
-            position = await self._failing_record(client, batch, plan, data)
+            position = await self._failing_record(client, batch, plan)
             raise TransformFailed(
                 f"ClientError: {url}, record {position}: the model answered {status}: "
                 f"{answer.decode('utf-8', 'replace')[:600]}"
@@ -298,9 +331,7 @@ class TransformEngine:
                 await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
         raise AssertionError("unreachable")
 
-    async def _failing_record(
-        self, client: InstanceClient, batch: Batch, plan: Plan, data: bytes
-    ) -> int:
+    async def _failing_record(self, client: InstanceClient, batch: Batch, plan: Plan) -> int:
         """The 1-based position of the record that fails, found by halving the batch."""
         parts = batch.records or records.split_records(batch.payload, plan.split)
         first = batch.first
@@ -359,12 +390,15 @@ class _LogMirrors:
             mirror.copy(final)
 
 
-def _batches(data: bytes, plan: Plan) -> Iterator[Batch]:
+def _batches(reader: ObjectReader, plan: Plan) -> Iterator[Batch]:
+    """The object's requests, cut as they are asked for (reads block: call on a thread)."""
+    read = gzip.GzipFile(fileobj=reader).read if plan.gzip else reader.read  # type: ignore[call-overload]
+    if not plan.processing.active and plan.split == "Line" and plan.strategy == "MultiRecord":
+        yield from records.read_line_chunks(read, plan.max_payload)
+        return
+    data = read(-1)
+    separator = b"\n" if plan.split == "Line" else b""
     if not plan.processing.active:
-        if plan.split == "Line" and plan.strategy == "MultiRecord":
-            yield from records.line_chunks(data, plan.max_payload)
-            return
-        separator = b"\n" if plan.split == "Line" else b""
         for batch in records.batches(
             records.split_records(data, plan.split), plan.strategy, plan.max_payload, separator
         ):
@@ -372,7 +406,6 @@ def _batches(data: bytes, plan: Plan) -> Iterator[Batch]:
         return
     raw = records.split_records(data, plan.split)
     filtered = [records.filter_input(r, plan.processing, plan.csv_input) for r in raw]
-    separator = b"\n" if plan.split == "Line" else b""
     for batch in records.batches(filtered, plan.strategy, plan.max_payload, separator):
         sources = raw[batch.first : batch.first + len(batch.records)]
         yield Batch(batch.payload, batch.first, batch.records, sources)

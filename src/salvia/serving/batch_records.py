@@ -11,9 +11,8 @@ one output per record to be joined and filtered.
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,10 +87,11 @@ def _recordio_frames(data: bytes) -> Iterator[bytes]:
         position = end
 
 
-def line_chunks(data: bytes, limit: int) -> Iterator[Batch]:
+def line_chunks(data: bytes, limit: int, first: int = 0) -> Generator[Batch, None, int]:
     """`Line` + `MultiRecord` without data processing: cut at the last newline under `limit`
-    bytes (0: no limit) without looking at the records in between."""
-    start, size, first = 0, len(data), 0
+    bytes (0: no limit) without looking at the records in between. `first`: the position of
+    `data`'s first record in its object; returns the position after its last."""
+    start, size = 0, len(data)
     while start < size:
         if limit <= 0 or size - start <= limit:
             end = size
@@ -99,11 +99,49 @@ def line_chunks(data: bytes, limit: int) -> Iterator[Batch]:
             end = data.rfind(b"\n", start, start + limit) + 1
             if end <= start:
                 raise RecordError(_too_large(first, limit))
-        chunk = data[start:end]
+        chunk = data[start:end] if start or end < size else data
         if not chunk.isspace():  # (strip() would copy the megabytes to say the same)
             yield Batch(chunk, first, [])
         first += chunk.count(b"\n")
         start = end
+    return first
+
+
+def read_line_chunks(read: Callable[[int], bytes], limit: int) -> Iterator[Batch]:
+    """`line_chunks` of a stream, read a payload at a time: the first request can go out while
+    the rest of the object is still unread."""
+    if limit <= 0:
+        yield from line_chunks(read(-1), limit)
+        return
+    pending, first = b"", 0  # pending: the start of a line the last read cut
+    while block := _read_up_to(read, limit - len(pending)):
+        cut = block.rfind(b"\n") + 1
+        if cut == 0:  # a line longer than the reads so far
+            pending += block
+            if len(pending) >= limit:
+                raise RecordError(_too_large(first, limit))
+            continue
+        if pending or cut < len(block):  # (one copy, not two)
+            whole = b"".join((pending, memoryview(block)[:cut]))
+        else:
+            whole = block
+        first = yield from line_chunks(whole, limit, first)  # one chunk: it fits
+        pending = block[cut:]
+    yield from line_chunks(pending, limit, first)  # the last line may lack its newline
+
+
+def _read_up_to(read: Callable[[int], bytes], size: int) -> bytes:
+    """`size` bytes, or fewer only at the end (a stream may answer a read with less)."""
+    block = read(size)
+    if not block or len(block) == size:
+        return block
+    pieces = [block]
+    while size := size - len(block):
+        block = read(size)
+        if not block:
+            break
+        pieces.append(block)
+    return b"".join(pieces)
 
 
 def batches(records: list[bytes], strategy: str, limit: int, separator: bytes) -> Iterator[Batch]:
@@ -252,14 +290,17 @@ def _json_or_text(data: bytes) -> Any:
         return text
 
 
-def assemble(parts: list[bytes], by_line: bool) -> bytes:
-    """`AssembleWith`: `Line` ends every output record with a newline; `None` concatenates."""
+def assembled(part: bytes, by_line: bool) -> list[bytes]:
+    """`AssembleWith` for one answer, as the pieces to write: `Line` ends every output record
+    with a newline (and drops an answer with none); `None` concatenates the answers as they
+    are."""
     if not by_line:
-        return b"".join(parts)
-    out = io.BytesIO()
-    for part in parts:
-        stripped = part.rstrip(b"\n")
-        if stripped:
-            out.write(stripped)
-            out.write(b"\n")
-    return out.getvalue()
+        return [part]
+    end = len(part)
+    while end and part[end - 1] == 0x0A:  # (rstrip() would copy the megabytes)
+        end -= 1
+    if not end:
+        return []
+    if end == len(part):
+        return [part, b"\n"]
+    return [part] if end == len(part) - 1 else [part[:end], b"\n"]

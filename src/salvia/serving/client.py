@@ -58,9 +58,9 @@ class InstanceClient:
 
     async def _send(
         self,
-        payload: bytes,
+        payload: list[bytes],
         timeout: float,
-        exchange: Callable[[_Connection, bytes], Awaitable[_T]],
+        exchange: Callable[[_Connection, list[bytes]], Awaitable[_T]],
     ) -> tuple[_T, _Connection]:
         """`exchange` on a pooled connection (or a new one), within `timeout`; a pooled one the
         server has closed meanwhile is replaced once."""
@@ -90,10 +90,10 @@ class InstanceClient:
 
     @staticmethod
     async def _exchange(
-        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], payload: bytes
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], payload: list[bytes]
     ) -> tuple[Reply, bool]:
         reader, writer = connection
-        writer.write(payload)
+        writer.writelines(payload)
         status, headers = await _read_head(reader)
         if "content-length" in headers:
             body = await reader.readexactly(int(headers["content-length"]))
@@ -145,14 +145,22 @@ _T = TypeVar("_T")
 
 def _request_bytes(
     host: str, port: int, method: str, path: str, body: bytes, headers: dict[str, str] | None
-) -> bytes:
+) -> list[bytes]:
+    """The request as the pieces to write: one for a small request (one send), head and body
+    for a big one (a batch transform's megabytes are not copied to put a head before them)."""
     head = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
     head += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+    encoded = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+    return [encoded, body] if len(body) > _JOIN_BELOW else [encoded + body]
 
 
-async def _send_for_head(connection: _Connection, payload: bytes) -> tuple[int, dict[str, str]]:
-    connection[1].write(payload)
+_JOIN_BELOW = 64 * 1024
+
+
+async def _send_for_head(
+    connection: _Connection, payload: list[bytes]
+) -> tuple[int, dict[str, str]]:
+    connection[1].writelines(payload)
     return await _read_head(connection[0])
 
 

@@ -78,7 +78,10 @@ class Context:
 @dataclass(frozen=True)
 class HandlerSet:
     """The functions serving one model; `raw_accept` leaves a missing or `*/*` Accept to
-    `output_fn` (the built-in algorithms choose their own default)."""
+    `output_fn` (the built-in algorithms choose their own default); `raw_body` hands `input_fn`
+    the request's bytes as they came, CSV and JSON too (the built-in algorithms' servers do not
+    decode them; for a batch transform's megabytes of CSV, a decoded `str` costs a UCS-4 copy
+    and an encoding back to parse it)."""
 
     model_fn: Callable[..., Any]
     input_fn: Callable[..., Any]
@@ -89,6 +92,7 @@ class HandlerSet:
     model_warmup_fn: Callable[..., Any] | None = None
     execution_parameters_fn: Callable[..., Any] | None = None
     raw_accept: bool = False
+    raw_body: bool = False
     source: str = "defaults"
 
 
@@ -193,8 +197,9 @@ def _generic() -> HandlerSet:
 
 
 def _from_module(module: ModuleType, raw_accept: bool) -> HandlerSet:
+    """A built-in algorithm's handlers, which take the request as it came."""
     functions = {name: getattr(module, name) for name in _HANDLER_NAMES if hasattr(module, name)}
-    return HandlerSet(**functions, raw_accept=raw_accept, source=module.__name__)
+    return HandlerSet(**functions, raw_accept=raw_accept, raw_body=True, source=module.__name__)
 
 
 def framework_defaults(framework: str) -> HandlerSet:
@@ -323,9 +328,14 @@ def resolve(model_dir: Path, environ: Mapping[str, str]) -> HandlerSet:
             "Cannot use transform_fn implementation in conjunction with input_fn, predict_fn, "
             "and/or output_fn implementation"
         )
+    if {"input_fn", "predict_fn", "output_fn"} & user.keys():
+        # a framework's transform_fn only fuses its own three; the user's must be called
+        handlers = replace(handlers, transform_fn=None)
     # A user output_fn (or transform_fn) gets the toolkit's default Accept substituted.
     raw_accept = handlers.raw_accept and not ({"output_fn", "transform_fn"} & user.keys())
-    return replace(handlers, **user, raw_accept=raw_accept, source=str(module.__file__))
+    raw_body = handlers.raw_body and not ({"input_fn", "transform_fn"} & user.keys())
+    return replace(handlers, **user, raw_accept=raw_accept, raw_body=raw_body,
+                   source=str(module.__file__))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------- the calling
@@ -407,7 +417,7 @@ class Transformer:
         if not self.handlers.raw_accept and (not accept or accept == codecs.ANY):
             accept = self.default_accept
         data: bytes | str = body
-        if content_type in codecs.UTF8_TYPES:
+        if content_type in codecs.UTF8_TYPES and not self.handlers.raw_body:
             data = body.decode("utf-8")
         context = Context(self.model_dir, headers) if self.needs_context else None
         fns = self._fns

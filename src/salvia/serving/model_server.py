@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -117,6 +118,9 @@ class ModelServer:
             print(self.error, file=sys.stderr, flush=True)
             return
         self.transformer = transformer
+        # What is loaded now stays: the collector need not walk it again (with a framework's
+        # hundreds of thousands of objects, a full collection costs milliseconds per request)
+        gc.freeze()
         self.state = READY
         elapsed = time.monotonic() - started
         print(f"Model loaded from {self.settings.model_dir} with {resolved.source} handlers "
@@ -499,6 +503,7 @@ def _prefork(workers: int, options: dict[str, Any], own_ports: list[int]) -> Non
     listener = _listen(options["host"], options["port"])
     own = [_listen(options["host"], port) for port in own_ports]
     handlers.preload(os.environ.get("SALVIA_FRAMEWORK", ""))
+    gc.freeze()  # the workers' collections would touch (and so copy) every page imported here
     stopping = False
     children: dict[int, int] = {}  # pid -> worker index
 
