@@ -64,3 +64,14 @@ def test_answers_are_assembled_by_line_or_as_they_are() -> None:
     assert b"".join(records.assembled(b"1\n2\n\n\n", by_line=True)) == b"1\n2\n"
     assert records.assembled(b"\n", by_line=True) == []
     assert records.assembled(b"1\n2\n\n", by_line=False) == [b"1\n2\n\n"]
+
+
+def test_payloads_are_evened_out_over_the_lanes() -> None:
+    data = lines(8500)  # 85,000 bytes: 9 payloads of at most 10,000 would leave a lane idle
+    target = records.even_payloads(len(data), 10_000, lanes=2)
+    batches = list(records.read_line_chunks(io.BytesIO(data).read, 10_000, target))
+    assert len(batches) == 10 and b"".join(b.payload for b in batches) == data
+    sizes = [len(b.payload) for b in batches]
+    assert max(sizes) <= 10_000 and min(sizes) >= 0.9 * max(sizes)
+    assert records.even_payloads(5_000, 10_000, lanes=4) == 10_000  # one payload: as it is
+    assert records.even_payloads(85_000, 0, lanes=2) == 0  # no limit

@@ -394,7 +394,9 @@ def _batches(reader: ObjectReader, plan: Plan) -> Iterator[Batch]:
     """The object's requests, cut as they are asked for (reads block: call on a thread)."""
     read = gzip.GzipFile(fileobj=reader).read if plan.gzip else reader.read  # type: ignore[call-overload]
     if not plan.processing.active and plan.split == "Line" and plan.strategy == "MultiRecord":
-        yield from records.read_line_chunks(read, plan.max_payload)
+        size = 0 if plan.gzip else reader.length  # (a gzipped object's size is unknown)
+        target = records.even_payloads(size, plan.max_payload, plan.concurrency)
+        yield from records.read_line_chunks(read, plan.max_payload, target)
         return
     data = read(-1)
     separator = b"\n" if plan.split == "Line" else b""

@@ -107,19 +107,22 @@ def line_chunks(data: bytes, limit: int, first: int = 0) -> Generator[Batch, Non
     return first
 
 
-def read_line_chunks(read: Callable[[int], bytes], limit: int) -> Iterator[Batch]:
+def read_line_chunks(read: Callable[[int], bytes], limit: int, target: int = 0) -> Iterator[Batch]:
     """`line_chunks` of a stream, read a payload at a time: the first request can go out while
-    the rest of the object is still unread."""
+    the rest of the object is still unread. `target`: the payloads' size, if less than
+    `limit`."""
     if limit <= 0:
         yield from line_chunks(read(-1), limit)
         return
+    size = min(target or limit, limit)
     pending, first = b"", 0  # pending: the start of a line the last read cut
-    while block := _read_up_to(read, limit - len(pending)):
+    while block := _read_up_to(read, max(size - len(pending), 1)):
         cut = block.rfind(b"\n") + 1
         if cut == 0:  # a line longer than the reads so far
             pending += block
             if len(pending) >= limit:
                 raise RecordError(_too_large(first, limit))
+            size = limit  # read on to the line's end
             continue
         if pending or cut < len(block):  # (one copy, not two)
             whole = b"".join((pending, memoryview(block)[:cut]))
@@ -127,7 +130,19 @@ def read_line_chunks(read: Callable[[int], bytes], limit: int) -> Iterator[Batch
             whole = block
         first = yield from line_chunks(whole, limit, first)  # one chunk: it fits
         pending = block[cut:]
+        size = min(target or limit, limit)
     yield from line_chunks(pending, limit, first)  # the last line may lack its newline
+
+
+def even_payloads(size: int, limit: int, lanes: int) -> int:
+    """A payload size under `limit` that cuts `size` bytes into a multiple of `lanes` payloads,
+    so that the lanes sending them finish together (the last payload of a full-size cut can
+    leave all but one lane idle)."""
+    if limit <= 0 or size <= limit:
+        return limit
+    count = -(-size // limit)
+    count += -count % lanes
+    return min(limit, size * 101 // (100 * count) + 1)  # room for the lines cut at the ends
 
 
 def _read_up_to(read: Callable[[int], bytes], size: int) -> bytes:
