@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import signal
@@ -304,6 +305,9 @@ def serve(settings: Settings) -> None:
         }
         write_state(settings, record)
         await anyio.to_thread.run_sync(platform.start, str(record["url"]))
+        # What is loaded by now (service models, the store's mappings, the web framework) lives
+        # as long as the server: the collector need not walk it on every full collection
+        gc.freeze()
         log.info("Salvia %s listening on %s (home %s)", __version__, record["url"], settings.home)
 
     async def retire() -> None:

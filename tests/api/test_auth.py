@@ -96,6 +96,30 @@ def test_a_tampered_body_is_refused(server: SalviaServer) -> None:
     assert json.loads(body)["__type"] == "InvalidSignatureException"
 
 
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"", b"{ }"])
+def test_a_signed_body_that_is_not_an_object_is_answered_by_the_protocol(
+    server: SalviaServer, body: bytes
+) -> None:
+    """The guard hands the protocol the body it parsed only when it is an object; anything else
+    gets the protocol's own answer, as in open mode."""
+    request = AWSRequest(
+        method="POST",
+        url=server.url + "/",
+        data=body,
+        headers={"X-Amz-Target": "SageMaker.ListExperiments",
+                 "Content-Type": "application/x-amz-json-1.1"},
+    )  # fmt: skip
+    botocore.auth.SigV4Auth(Credentials(*server.credentials), "sagemaker", "us-east-1").add_auth(
+        request
+    )
+    status, answer = send(server, request)
+    if body.strip() in (b"", b"{ }"):
+        assert status == 200 and "ExperimentSummaries" in json.loads(answer)
+    else:
+        assert status == 400
+        assert json.loads(answer)["__type"] == "SerializationException"
+
+
 def test_a_replayed_mutating_request_is_refused(server: SalviaServer) -> None:
     sm = server.client()
     sent = capture(sm)

@@ -12,7 +12,7 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from salvia.api.auth import SignatureRefused, SigV4Verifier, read_signature
+from salvia.api.auth import SignatureRefused, SigV4Verifier, botocore_head, read_signature
 
 KEY, SECRET = "AKIAEXAMPLE000000000", "secret/with+chars=="
 CREDENTIALS = Credentials(KEY, SECRET)
@@ -91,3 +91,37 @@ def test_old_and_future_requests_are_outside_the_skew_limit() -> None:
         verifier.check_time(signed, signed.timestamp + 301)
     with pytest.raises(SignatureRefused, match="not yet current"):
         verifier.check_time(signed, signed.timestamp - 301)
+
+
+def test_the_one_pass_check_of_botocore_calls_accepts_what_verify_accepts() -> None:
+    """`accepts_botocore_post` (the guard's short path) says True exactly for the untouched
+    request; any change, or a header shape it does not handle, is False (left to `verify`)."""
+
+    def accepts(request: AWSRequest, body: bytes | None = None, **changed: bytes) -> bool:
+        _, _, headers, sent = wire(request)
+        by_name = {**dict(headers), **{k.encode(): v for k, v in changed.items()}}
+        authorization = by_name[b"authorization"]
+        head = botocore_head(authorization[:-64])
+        assert head is not None
+        payload = hashlib.sha256(sent if body is None else body).hexdigest()
+        return SigV4Verifier().accepts_botocore_post(
+            SECRET, head, by_name, by_name[b"x-amz-date"], authorization[-64:], payload
+        )
+
+    request = json_request()
+    verify(request)
+    assert accepts(request)
+    assert not accepts(request, body=b'{"TrainingJobName": "b"}')
+    assert not accepts(request, **{"x-amz-target": b"SageMaker.DeleteTrainingJob"})
+    assert not accepts(request, **{"x-amz-date": b"20200101T000000Z"})
+    assert not accepts(request, **{"content-type": b"application/x-amz-json-1.1 \xe9"})
+    signature = request.headers["Authorization"]
+    forged = (signature[:-64] + "0" * 64).encode()
+    assert not accepts(request, authorization=forged)
+    assert (
+        botocore_head(
+            b"AWS4-HMAC-SHA256 Credential=A/20260101/us-east-1/s/aws4_request, "
+            b"SignedHeaders=content-type;x-amz-date, Signature="
+        )
+        is None
+    )  # no host

@@ -38,6 +38,7 @@ MAX_SKEW_SECONDS = 5 * 60
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+AMZ_DATE_BYTES = re.compile(rb"\d{8}T\d{6}Z")
 
 
 class Credential(NamedTuple):
@@ -332,15 +333,18 @@ def _canonical_value(value: bytes) -> bytes:
 
 
 def canonical_headers(
-    headers: Sequence[tuple[bytes, bytes]], signed_headers: tuple[str, ...]
+    headers: Sequence[tuple[bytes, bytes]],
+    signed_headers: tuple[str, ...],
+    by_name: dict[bytes, bytes] | None = None,
 ) -> bytes:
     """`name:value` lines of the signed headers, in the order the client listed them (botocore
     sorts them: a list in any other order signs a different canonical request); a header sent
-    more than once has its values joined by commas."""
+    more than once has its values joined by commas. `by_name`: `dict(headers)`, when the caller
+    has it already."""
     names = _header_names(signed_headers)
     if names is None:
         raise _mismatch()
-    found = dict(headers)
+    found = dict(headers) if by_name is None else by_name
     lines = []
     if len(found) == len(headers):  # every header once: the common case
         for name in names:
@@ -374,12 +378,57 @@ def canonical_request(
     headers: Sequence[tuple[bytes, bytes]],
     signed: SignedRequest,
     payload_hash: str,
+    by_name: dict[bytes, bytes] | None = None,
 ) -> bytes:
     path = raw_path or "/" if signed.credential.service == "s3" else _canonical_path(raw_path)
     query = canonical_query(raw_query, signed.presigned) if raw_query else ""
-    head = f"{method}\n{path}\n{query}\n".encode()
-    tail = f"\n{';'.join(signed.signed_headers)}\n{payload_hash}".encode()
-    return head + canonical_headers(headers, signed.signed_headers) + tail
+    return b"".join(
+        (
+            f"{method}\n{path}\n{query}\n".encode(),
+            canonical_headers(headers, signed.signed_headers, by_name),
+            b"\n",
+            _header_list(signed.signed_headers),
+            b"\n",
+            payload_hash.encode(),
+        )
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _header_list(signed_headers: tuple[str, ...]) -> bytes:
+    return ";".join(signed_headers).encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _credential_scope(credential: Credential) -> str:
+    return f"{credential.date}/{credential.region}/{credential.service}/aws4_request"
+
+
+@dataclass(frozen=True, slots=True)
+class BotocoreHead:
+    """A botocore `Authorization` header up to its signature, in the forms verifying needs: the
+    same for all of a client's requests of a day, so worked out once."""
+
+    credential: Credential
+    signed_headers: tuple[str, ...]
+    names: tuple[bytes, ...]  # the signed header names as the wire has them
+    header_list: bytes  # "content-type;host;..."
+    scope: bytes  # "<date>/<region>/<service>/aws4_request"
+
+
+@functools.lru_cache(maxsize=1024)
+def botocore_head(head: bytes) -> BotocoreHead | None:
+    """`head`: an `Authorization` header less its 64 signature characters. None unless it has
+    botocore's exact shape and signs `host`, each header once."""
+    parsed = _botocore_head(head.decode("latin-1"))
+    if parsed is None:
+        return None
+    credential, signed = parsed
+    names = _header_names(signed)
+    if names is None or b"host" not in names:
+        return None
+    return BotocoreHead(credential, signed, names, _header_list(signed),
+                        _credential_scope(credential).encode())  # fmt: skip
 
 
 class SigV4Verifier:
@@ -448,12 +497,15 @@ class SigV4Verifier:
         headers: Sequence[tuple[bytes, bytes]],
         signed: SignedRequest,
         payload_hash: str,
+        by_name: dict[bytes, bytes] | None = None,
     ) -> str:
-        request = canonical_request(method, raw_path, raw_query, headers, signed, payload_hash)
+        request = canonical_request(
+            method, raw_path, raw_query, headers, signed, payload_hash, by_name
+        )
         credential = signed.credential
         to_sign = (
-            f"{ALGORITHM}\n{signed.amz_date}\n{credential.date}/{credential.region}/"
-            f"{credential.service}/aws4_request\n{hashlib.sha256(request).hexdigest()}"
+            f"{ALGORITHM}\n{signed.amz_date}\n{_credential_scope(credential)}\n"
+            f"{hashlib.sha256(request).hexdigest()}"
         )
         return self.signing_key(secret, credential).sign(to_sign.encode())
 
@@ -466,7 +518,9 @@ class SigV4Verifier:
         headers: Sequence[tuple[bytes, bytes]],
         signed: SignedRequest,
         payload_hash: str,
+        by_name: dict[bytes, bytes] | None = None,
     ) -> None:
+        """`by_name`: `dict(headers)`, when the caller has it already."""
         if signed.version == 2:
             wanted = legacy_expected(secret, method, raw_path, raw_query)
             if not hmac.compare_digest(wanted, signed.signature):
@@ -474,9 +528,37 @@ class SigV4Verifier:
             return
         if "host" not in signed.signed_headers:
             raise _mismatch()
-        wanted = self.expected(secret, method, raw_path, raw_query, headers, signed, payload_hash)
+        wanted = self.expected(
+            secret, method, raw_path, raw_query, headers, signed, payload_hash, by_name
+        )
         if not hmac.compare_digest(wanted, signed.signature):
             raise _mismatch()
+
+    def accepts_botocore_post(
+        self,
+        secret: str,
+        head: BotocoreHead,
+        headers: dict[bytes, bytes],
+        amz_date: bytes,
+        signature: bytes,
+        payload_hash: str,
+    ) -> bool:
+        """`verify` for the request botocore sends to the JSON and query protocols (`POST /`,
+        no query string, every header once and ASCII), in one pass: True when its signature
+        holds. False says nothing: anything else, and every refusal, is `verify`'s to decide.
+        The caller has checked the clock (`check_time`)."""
+        lines = []
+        for name in head.names:
+            value = headers.get(name)
+            if value is None or not value.isascii():
+                return False
+            lines.append(name + b":" + b" ".join(value.split()))
+        canonical = b"".join((b"POST\n/\n\n", b"\n".join(lines), b"\n\n", head.header_list,
+                              b"\n", payload_hash.encode()))  # fmt: skip
+        to_sign = b"".join((b"AWS4-HMAC-SHA256\n", amz_date, b"\n", head.scope, b"\n",
+                            hashlib.sha256(canonical).hexdigest().encode()))  # fmt: skip
+        wanted = self.signing_key(secret, head.credential).sign(to_sign)
+        return hmac.compare_digest(wanted.encode(), signature)
 
     def chunk_signature(
         self, secret: str, signed: SignedRequest, previous: str, chunk: bytes

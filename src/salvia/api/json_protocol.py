@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 Runner = Callable[[Handler, dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_BODY = 6 * 1024 * 1024  # SageMaker's control plane caps request payloads well below this
+# the scope key under which the access guard leaves a JSON call's parsed body (an object)
+PARSED_PARAMS = "salvia.params"
 
 
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
@@ -109,7 +111,11 @@ class JsonProtocol:
         prefix, _, name = target.rpartition(".")
         if prefix != self.prefix or name not in self._names:
             raise UnknownOperationException(f"Operation {target[:200]} is not recognized.")
-        parse_authorization(request.headers.get("authorization"))
+        params = request.scope.get(PARSED_PARAMS)
+        if params is None:  # (the access guard has verified the signature and parsed the body)
+            parse_authorization(request.headers.get("authorization"))
         if name not in self.handlers:
             raise NotImplementedOperation(name, self.model.service_id)
-        return await self.call(name, parse_json_object(await read_body(request)))
+        if params is None:
+            params = parse_json_object(await read_body(request))
+        return await self.call(name, params)
