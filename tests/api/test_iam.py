@@ -288,7 +288,9 @@ def test_sts_caller_identity_and_assumed_roles(server: SalviaServer) -> None:
 
 def test_the_audit_trail_holds_the_calls_and_refusals_of_a_user(server: SalviaServer) -> None:
     name, key, secret = new_user(
-        server, {"Effect": "Allow", "Action": "sagemaker:*Experiment", "Resource": "*"}
+        server,
+        {"Effect": "Allow", "Action": "sagemaker:*Experiment", "Resource": "*"},
+        {"Effect": "Allow", "Action": ["iam:CreateUser", "s3:PutObject"], "Resource": "*"},
     )
     user = server.client(credentials=(key, secret))
     experiment = unique("audited")
@@ -297,6 +299,11 @@ def test_the_audit_trail_holds_the_calls_and_refusals_of_a_user(server: SalviaSe
     denied(user.create_trial, TrialName=unique("t"), ExperimentName=experiment)
     user.delete_experiment(ExperimentName=experiment)
     denied(user.delete_experiment, ExperimentName=experiment + "-never")  # a failed mutation
+    # the XML protocols' failures are recorded by their codes too
+    iam = server.client("iam", credentials=(key, secret))
+    assert denied(iam.create_user, UserName=name) == "EntityAlreadyExists"
+    s3 = server.client("s3", credentials=(key, secret))
+    assert denied(s3.put_object, Bucket=unique("nobucket"), Key="k", Body=b"x") == "NoSuchBucket"
 
     trail = server.client("cloudtrail")
     events = trail.lookup_events(
@@ -310,6 +317,8 @@ def test_the_audit_trail_holds_the_calls_and_refusals_of_a_user(server: SalviaSe
         ("CreateTrial", "AccessDeniedException"),
         ("DeleteExperiment", "Success"),
         ("DeleteExperiment", "ResourceNotFound"),
+        ("CreateUser", "EntityAlreadyExists"),
+        ("PutObject", "NoSuchBucket"),
     ]
     arn = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:experiment/{experiment.lower()}"
     assert details[0]["resources"] == [{"ARN": arn}]

@@ -11,6 +11,7 @@ Refusals are answered in the shape of the protocol the request was meant for.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ Send = Callable[[Any], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 6 * 1024 * 1024 + 1024
+_XML_CODE = re.compile(rb"<Code>([A-Za-z0-9.]{1,100})</Code>")
 SAGEMAKER_SERVICE = "sagemaker.amazonaws.com"
 # where jobs fetch their execution role's credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI)
 CREDENTIALS_PATH = "/_salvia/credentials"
@@ -203,6 +205,11 @@ class AccessGuard:
                 for name, value in message.get("headers", []):
                     if name.lower() == b"x-amzn-errortype":
                         error_type.append(value.decode("latin-1"))
+            elif status and status[0] >= 400 and not error_type:
+                # the XML protocols (IAM's query, S3) name the error in the body: <Code>
+                found = _XML_CODE.search(message.get("body", b"")[:4096])
+                if found:
+                    error_type.append(found.group(1).decode("latin-1"))
             await send(message)
 
         try:
