@@ -41,6 +41,33 @@ def test_events_read_back_newest_first_and_by_user(store: SqlMetadataStore) -> N
     trail.close()
 
 
+def test_a_burst_of_events_is_written_in_batches_and_none_is_lost(
+    store: SqlMetadataStore,
+) -> None:
+    trail = AuditTrail(store, "123456789012", "us-east-1")
+    now = time.time()
+    for index in range(1200):
+        trail.record(_event(f"user-{index % 7}", now + index / 1000))
+    events = list(trail.events())
+    assert len(events) == 1200 and len({e.event_id for e in events}) == 1200
+    assert [e.time for e in events] == sorted((e.time for e in events), reverse=True)
+    trail.close()
+
+
+def test_create_many_is_all_or_nothing(store: SqlMetadataStore) -> None:
+    from salvia.errors import AlreadyExists
+    from salvia.store.metadata import Record
+
+    def record(name: str) -> Record:
+        return Record(kind="audit-test", name=name, arn=f"arn:test:{name}", creation_time=1.0,
+                      last_modified_time=1.0, body={"n": name})  # fmt: skip
+
+    store.create_many([record("a"), record("b")])
+    with pytest.raises(AlreadyExists):
+        store.create_many([record("c"), record("a")])
+    assert store.get("audit-test", "c") is None and store.get("audit-test", "b") is not None
+
+
 def test_events_older_than_the_retention_period_are_deleted(store: SqlMetadataStore) -> None:
     now = time.time()
     trail = AuditTrail(store, "123456789012", "us-east-1", retention_seconds=30 * DAY)

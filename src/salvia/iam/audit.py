@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 KIND = "audit-event"
 PRUNE_EVERY_SECONDS = 3600.0
 _PRUNE_BATCH = 500
+_WRITE_BATCH = 500  # events per transaction, at most
 
 
 @dataclass
@@ -104,31 +105,53 @@ class AuditTrail:
             log.info("audit trail: %d events older than the retention period deleted", deleted)
 
     def _write(self) -> None:
+        """Events are written in batches of what has queued up meanwhile: one transaction for
+        many mutating calls under load, instead of one each."""
         while True:
             self._prune_when_due()
             try:
-                event = self._queue.get(timeout=max(0.0, self._next_prune - time.monotonic()))
+                first = self._queue.get(timeout=max(0.0, self._next_prune - time.monotonic()))
             except queue.Empty:
                 continue
+            batch = [first]
+            while first is not None and len(batch) < _WRITE_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            events = [e for e in batch if e is not None]
             try:
-                if event is None:
-                    return
-                self.store.create(
-                    Record(
-                        kind=KIND,
-                        name=event.event_id,
-                        arn=f"arn:aws:cloudtrail:{self.region}:{self.account}:event/{event.event_id}",
-                        creation_time=event.time,
-                        last_modified_time=event.time,
-                        body=asdict(event),
-                        status=event.outcome,
-                        parent=event.user.lower() or None,
-                    )
-                )
+                self._store_events(events)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if len(events) < len(batch):
+                return
+
+    def _store_events(self, events: list[AuditEvent]) -> None:
+        records = [self._record(event) for event in events]
+        try:
+            self.store.create_many(records)
+            return
+        except Exception:  # one by one, so that one bad event costs only itself
+            pass
+        for record in records:
+            try:
+                self.store.create(record)
             except Exception:
                 log.exception("could not write an audit event")
-            finally:
-                self._queue.task_done()
+
+    def _record(self, event: AuditEvent) -> Record:
+        return Record(
+            kind=KIND,
+            name=event.event_id,
+            arn=f"arn:aws:cloudtrail:{self.region}:{self.account}:event/{event.event_id}",
+            creation_time=event.time,
+            last_modified_time=event.time,
+            body=asdict(event),
+            status=event.outcome,
+            parent=event.user.lower() or None,
+        )
 
     def events(
         self,

@@ -100,6 +100,12 @@ class MetadataStore(abc.ABC):
     def create(self, record: Record, tags: Sequence[tuple[str, str]] = ()) -> Record:
         """Insert a new record (and its tags) in one transaction."""
 
+    def create_many(self, records: Sequence[Record]) -> None:
+        """Insert new records (without tags) in one transaction: all of them, or none when one
+        of their names is taken (`AlreadyExists`). For appending logs of events in batches."""
+        for record in records:  # implementations do better in one statement
+            self.create(record)
+
     @abc.abstractmethod
     def get(self, kind: str, name: str) -> Record | None: ...
 

@@ -251,6 +251,29 @@ class SqlMetadataStore(MetadataStore):
             raise AlreadyExists(f"{record.kind} {record.name!r} already exists") from exc
         return record
 
+    def create_many(self, records: Sequence[Record]) -> None:
+        rows = [
+            {
+                "kind": r.kind,
+                "name_key": r.name_key,
+                "name": r.name,
+                "arn": r.arn,
+                "status": r.status,
+                "parent": r.parent,
+                "creation_time": r.creation_time,
+                "last_modified_time": r.last_modified_time,
+                "body": orjson.dumps(r.body).decode(),
+            }
+            for r in records
+        ]
+        if not rows:
+            return
+        try:
+            with self._write() as conn:
+                conn.execute(insert(R), rows)
+        except IntegrityError as exc:
+            raise AlreadyExists(f"one of {len(rows)} records already exists") from exc
+
     def get(self, kind: str, name: str) -> Record | None:
         row = self._get_by_name.first(kind=kind, name_key=name.lower())
         return _row_to_record(row) if row else None
