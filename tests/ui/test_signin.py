@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from salvia.ui.signin import COOKIE, FORM_COOKIE, _cookie
+from salvia.ui.signin import (
+    COOKIE,
+    FORM_COOKIE,
+    LOCK_AFTER_USER,
+    LOCK_SECONDS,
+    Lockouts,
+    _cookie,
+)
 from tests.conftest import SalviaServer, unique
 from tests.ui.conftest import Visit
 from tests.ui.test_studio import archive
@@ -289,3 +296,58 @@ def test_artifacts_download_as_the_signed_in_user(iam_server: SalviaServer, team
     refused = signed_in_client(iam_server.url, team.viewer, PASSWORD).send("GET", path)
     assert refused.status == 403
     assert "s3:GetObject" in refused.text
+
+
+def test_failed_sign_ins_lock_the_user_name_out_for_a_while(
+    iam_server: SalviaServer, team: Team
+) -> None:
+    iam = iam_server.client("iam")
+    name = unique("guessed")
+    iam.create_user(UserName=name)
+    iam.create_login_profile(UserName=name, Password=PASSWORD)
+    client = Browserless(iam_server.url)
+
+    def attempt(password: str) -> Any:
+        client.send("GET", "/studio/sign-in")
+        fields = {"user": name, "password": password, "csrf": client.cookies[FORM_COOKIE],
+                  "next": "/studio/home"}  # fmt: skip
+        return client.form("/studio/sign-in", fields)
+
+    for guess in range(LOCK_AFTER_USER):
+        assert attempt(f"guess {guess}").status == 401
+    locked = attempt(PASSWORD)  # the right password, too late
+    assert locked.status == 429
+    assert "Too many failed sign-ins: try again in 15 minutes" in locked.text
+    assert COOKIE not in client.cookies or not client.cookies[COOKIE]
+    # another user is not locked out with it
+    other = Browserless(iam_server.url)
+    other.send("GET", "/studio/sign-in")
+    fields = {"user": team.viewer, "password": PASSWORD, "csrf": other.cookies[FORM_COOKIE],
+              "next": "/studio/home"}  # fmt: skip
+    assert other.form("/studio/sign-in", fields).status == 303
+    trail = iam_server.client("cloudtrail").lookup_events(
+        LookupAttributes=[{"AttributeKey": "Username", "AttributeValue": name}]
+    )["Events"]
+    messages = [json.loads(e["CloudTrailEvent"]).get("errorMessage", "") for e in trail]
+    assert any("Locked out" in m for m in messages), messages
+
+
+def test_the_lock_counts_within_its_window_and_ends() -> None:
+    now = [0.0]
+    lockouts = Lockouts(clock=lambda: now[0])
+    keys = Lockouts.keys("Alice", "10.0.0.1")
+    for _ in range(LOCK_AFTER_USER - 1):
+        lockouts.failed(keys)
+        now[0] += LOCK_SECONDS / (LOCK_AFTER_USER - 1) + 1
+    lockouts.failed(keys)  # the first failure has left the window: still four in it
+    assert lockouts.locked(keys) == 0
+    lockouts.failed(keys)
+    assert lockouts.locked(Lockouts.keys("alice", "10.0.0.2")) == LOCK_SECONDS
+    now[0] += LOCK_SECONDS
+    assert lockouts.locked(keys) == 0
+    for _ in range(LOCK_AFTER_USER - 1):
+        lockouts.failed(keys)
+    lockouts.succeeded("ALICE")  # a success clears the name's count
+    for _ in range(LOCK_AFTER_USER - 1):
+        lockouts.failed(keys)
+    assert lockouts.locked(keys) == 0

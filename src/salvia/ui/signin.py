@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 
@@ -94,6 +95,52 @@ class Sessions:
     def _renew_principals(self) -> None:
         for session in list(self._sessions.values()):
             session.principal = None
+
+
+# Guessing a password by trying is cut short: this many failed sign-ins of one user name (or
+# from one address, against any names) within the window lock that name (or address) out for
+# the window's length, right password or not.
+LOCK_AFTER_USER = 5
+LOCK_AFTER_ADDRESS = 20
+LOCK_SECONDS = 15 * 60
+
+
+class Lockouts:
+    """Failed sign-ins per user name and per client address, in memory. Thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._failures: dict[str, list[float]] = {}
+        self._until: dict[str, float] = {}
+
+    @staticmethod
+    def keys(user: str, address: str) -> dict[str, int]:
+        """The counters a sign-in attempt touches, with their limits."""
+        return {f"user:{user.lower()}": LOCK_AFTER_USER, f"address:{address}": LOCK_AFTER_ADDRESS}
+
+    def locked(self, keys: dict[str, int]) -> float:
+        """Seconds until these counters allow a sign-in again; 0 when they do now."""
+        now = self.clock()
+        with self._lock:
+            return max(0.0, *(self._until.get(key, 0.0) - now for key in keys))
+
+    def failed(self, keys: dict[str, int]) -> None:
+        now = self.clock()
+        with self._lock:
+            if len(self._failures) > 100_000:  # forget the quiet ones first
+                self._failures = {k: v for k, v in self._failures.items() if v[-1] > now - 60}
+            for key, limit in keys.items():
+                recent = [t for t in self._failures.get(key, []) if t > now - LOCK_SECONDS]
+                recent.append(now)
+                if len(recent) >= limit:
+                    self._until[key] = now + LOCK_SECONDS
+                    recent = []
+                self._failures[key] = recent
+
+    def succeeded(self, user: str) -> None:
+        with self._lock:
+            self._failures.pop(f"user:{user.lower()}", None)
 
 
 def _cookies(scope: Scope) -> dict[str, str]:
@@ -224,6 +271,7 @@ class SignIn:
     def __init__(self, identities: IdentityStore, audit: AuditTrail) -> None:
         self.sessions = Sessions(identities)
         self.logins = LoginProfiles(identities)
+        self.lockouts = Lockouts()
         self.audit = audit
 
     def routes(self, pages: Pages) -> list[Route]:
@@ -234,12 +282,23 @@ class SignIn:
             user = (form.get("user") or [""])[-1].strip()
             password = (form.get("password") or [""])[-1]
             wanted = (form.get("next") or [""])[-1]
+            keys = Lockouts.keys(user, request.client.host if request.client else "")
+            wait = self.lockouts.locked(keys)
+            if wait:
+                minutes = int(-(-wait // 60))
+                self._record(request, user, "Failure", "Locked out after failed sign-ins.")
+                return self._form(
+                    pages, request, wanted, "Too many failed sign-ins: try again in "
+                    f"{minutes} minute{'s' if minutes != 1 else ''}.", 429,
+                )  # fmt: skip
             name = await anyio.to_thread.run_sync(self.logins.verify, user, password)
             self._record(request, name or user, "Success" if name else "Failure")
             if name is None:
+                self.lockouts.failed(keys)
                 return self._form(
                     pages, request, wanted, "The user name or password is wrong.", 401
                 )
+            self.lockouts.succeeded(name)
             session_id, _ = self.sessions.start(name)
             answer = RedirectResponse(_next(wanted), 303)
             answer.headers.append("set-cookie", _cookie(request.scope, COOKIE, session_id,
@@ -270,7 +329,7 @@ class SignIn:
         answer.headers.append("set-cookie", _cookie(request.scope, FORM_COOKIE, token, 3600))
         return answer
 
-    def _record(self, request: Request, user: str, outcome: str) -> None:
+    def _record(self, request: Request, user: str, outcome: str, message: str = "") -> None:
         client = request.client.host if request.client else ""
         self.audit.record(
             AuditEvent(
@@ -283,6 +342,6 @@ class SignIn:
                 source_ip=client,
                 outcome=outcome,
                 read_only=False,
-                message="" if outcome == "Success" else "Wrong user name or password.",
+                message=message or ("" if outcome == "Success" else "Wrong user name or password."),
             )
         )
