@@ -186,6 +186,21 @@ class _Row:
     body: str
 
 
+def _row(record: Record) -> dict[str, Any]:
+    """A new record's columns."""
+    return {
+        "kind": record.kind,
+        "name_key": record.name_key,
+        "name": record.name,
+        "arn": record.arn,
+        "status": record.status,
+        "parent": record.parent,
+        "creation_time": record.creation_time,
+        "last_modified_time": record.last_modified_time,
+        "body": orjson.dumps(record.body).decode(),
+    }
+
+
 class SqlMetadataStore(MetadataStore):
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self._engine = make_engine(url)
@@ -230,20 +245,9 @@ class SqlMetadataStore(MetadataStore):
     # records -------------------------------------------------------------------------------
 
     def create(self, record: Record, tags: Sequence[tuple[str, str]] = ()) -> Record:
-        values = {
-            "kind": record.kind,
-            "name_key": record.name_key,
-            "name": record.name,
-            "arn": record.arn,
-            "status": record.status,
-            "parent": record.parent,
-            "creation_time": record.creation_time,
-            "last_modified_time": record.last_modified_time,
-            "body": orjson.dumps(record.body).decode(),
-        }
         try:
             with self._write() as conn:
-                result = conn.execute(insert(R).values(**values).returning(R.c.id))
+                result = conn.execute(insert(R).values(**_row(record)).returning(R.c.id))
                 record.id = result.scalar_one()
                 if tags:
                     self._set_tags(conn, record.arn, tags)
@@ -252,20 +256,7 @@ class SqlMetadataStore(MetadataStore):
         return record
 
     def create_many(self, records: Sequence[Record]) -> None:
-        rows = [
-            {
-                "kind": r.kind,
-                "name_key": r.name_key,
-                "name": r.name,
-                "arn": r.arn,
-                "status": r.status,
-                "parent": r.parent,
-                "creation_time": r.creation_time,
-                "last_modified_time": r.last_modified_time,
-                "body": orjson.dumps(r.body).decode(),
-            }
-            for r in records
-        ]
+        rows = [_row(record) for record in records]
         if not rows:
             return
         try:
