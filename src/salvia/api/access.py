@@ -1,23 +1,20 @@
 """The access guard: every request of the authenticated mode passes here before any protocol.
 
-It verifies the request's SigV4 signature against the key's secret (header or presigned query;
-the body's hash for the JSON, query and REST protocols, `x-amz-content-sha256` for S3, whose body
-is then checked as it streams, chunk signatures included), refuses what is older than the skew
-limit or a replay of a mutating request, evaluates the caller's policies on the (action,
-resource) pairs the request asks for, and records mutating calls and refusals in the audit trail.
-Refusals are answered in the shape of the protocol the request was meant for.
+It has the request's signature checked (`access_signatures`: SigV4 against the key's secret, the
+clock, replays; an S3 body is checked as it streams, chunk signatures included), evaluates the
+caller's policies on the (action, resource) pairs the request asks for, and records mutating
+calls and refusals in the audit trail. Refusals are answered in the shape of the protocol the
+request was meant for.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl
 from xml.etree import ElementTree as ET
 
 import orjson
@@ -25,16 +22,11 @@ from starlette.responses import Response
 
 from salvia.api import access_map, access_s3
 from salvia.api import s3_xml as xml
+from salvia.api.access_signatures import Call, Signatures, classify_reads, refusal
 from salvia.api.asgi import replay_body
 from salvia.api.auth import (
-    AMZ_DATE_BYTES,
-    UNSIGNED_PAYLOAD,
     SignatureRefused,
     SignedRequest,
-    SigV4Verifier,
-    botocore_head,
-    read_signature,
-    unknown_key,
 )
 from salvia.api.errors import new_request_id
 from salvia.api.json_protocol import PARSED_PARAMS
@@ -76,28 +68,6 @@ _QUERY_CODES = {
 }
 
 
-@dataclass(slots=True)
-class _Call:
-    """One request as the guard sees it."""
-
-    kind: str  # "json" | "query" | "rest" | "runtime" | "s3"
-    service: str = ""  # IAM's service prefix for json calls ("sagemaker", "logs", ...)
-    operation: str = ""
-    body: bytes | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    read_only: bool = True
-    access: list[tuple[str, str]] = field(default_factory=list)
-    principal: Principal | None = None
-    access_key: str = ""
-    secret: str = ""
-    needs_body: bool = True
-    headers: dict[bytes, bytes] | None = None  # the request's, by name (the last of a repeat)
-
-
-def _refusal(code: str, message: str, s3_code: str = "AccessDenied", status: int = 403) -> Any:
-    return SignatureRefused(code, message, s3_code, status)
-
-
 class AccessGuard:
     """Authenticates and authorizes; thread-safe (its caches hold whole entries)."""
 
@@ -113,10 +83,8 @@ class AccessGuard:
         self.identities = identities
         self.audit = audit
         self.tags_of = tags_of
-        self.verifier = SigV4Verifier()
+        self.signatures = Signatures(identities)
         self.suffixes = virtual_host_suffixes
-        # signatures of mutating requests that succeeded -> when their replay window ends
-        self._seen: dict[str, float] = {}
         # (principal, action, resource) -> decision, for principals whose policies have no
         # conditions or variables; dropped on any change of identities or policies
         self._decisions: dict[tuple[str, str, str], str] = {}
@@ -156,17 +124,17 @@ class AccessGuard:
                 if call.kind == "query":
                     call.params = dict(parse_qsl(call.body.decode("utf-8", "replace")))
                     call.operation = str(call.params.get("Action", ""))
-            signed = self._accept_botocore(scope, call) or self._authenticate(scope, call)
+            signed = self.signatures.authenticate(scope, call)
             self._authorize(scope, call)
         except (SignatureRefused, IncompleteSignature) as error:
-            refusal = (
-                _refusal(error.code, error.message, "AuthorizationHeaderMalformed", 400)
+            refused = (
+                refusal(error.code, error.message, "AuthorizationHeaderMalformed", 400)
                 if isinstance(error, IncompleteSignature)
                 else error
             )
-            code = refusal.s3_code if call.kind == "s3" else refusal.code
-            self._record(scope, call, code, refusal.message)
-            response = self._refuse(call, refusal)
+            code = refused.s3_code if call.kind == "s3" else refused.code
+            self._record(scope, call, code, refused.message)
+            response = self._refuse(call, refused)
             if call.body is None and _has_body(scope):
                 # refused before its body was read: what the client still sends cannot be told
                 # from its next request on this connection
@@ -192,7 +160,7 @@ class AccessGuard:
         receive: Receive,
         send: Send,
         app: App,
-        call: _Call,
+        call: Call,
         signed: SignedRequest,
     ) -> None:
         """Serve a mutating call and record its outcome (and its signature against a replay)."""
@@ -219,9 +187,9 @@ class AccessGuard:
             outcome = "Success" if code < 400 else (error_type or [f"HTTP{code}"])[0]
             self._record(scope, call, outcome)
             if code < 400 and not signed.presigned and call.kind != "s3":
-                self._seen[signed.signature] = signed.timestamp + self.verifier.max_skew + 1
+                self.signatures.remember(signed)
 
-    def _classify(self, scope: Scope, router: Router) -> _Call | None:
+    def _classify(self, scope: Scope, router: Router) -> Call | None:
         method, path = scope["method"], scope["path"]
         if path == "/healthz" and method in ("GET", "HEAD"):
             return None
@@ -237,10 +205,10 @@ class AccessGuard:
             if studio is not None and (path == "/studio" or path.startswith("/studio/")):
                 # Studio calls the API in process: served only once it signs its users in
                 # itself (and says so), never as an unauthenticated way around the guard
-                return None if getattr(studio, "authenticates_users", False) else _Call("studio")
+                return None if getattr(studio, "authenticates_users", False) else Call("studio")
         if target is not None:
             prefix, _, operation = target.decode("latin-1").rpartition(".")
-            call = _Call("json", self._service_name(router, prefix), operation)
+            call = Call("json", self._service_name(router, prefix), operation)
             call.headers = headers
             return call
         if (
@@ -249,18 +217,18 @@ class AccessGuard:
             and content_type is not None
             and content_type.startswith(b"application/x-www-form-urlencoded")
         ):
-            return _Call("query")
+            return Call("query")
         if router.runtime is not None and router.runtime.endpoint_of(method, path) is not None:
-            return _Call("runtime")
+            return Call("runtime")
         for rest in router.rest_services:
             found = rest.match(method, path)
             if found is not None:
-                rest_call = _Call("rest", "sagemaker", found[0].name)
+                rest_call = Call("rest", "sagemaker", found[0].name)
                 rest_call.params = found[1]  # the URI's labels (FeatureGroupName, ...)
                 return rest_call
         # S3 bodies stream through; DeleteObjects' is read for its keys, each one checked
         deleting = method == "POST" and b"delete" in scope.get("query_string", b"")
-        return _Call("s3", needs_body=deleting)
+        return Call("s3", needs_body=deleting)
 
     def _service_name(self, router: Router, prefix: str) -> str:
         """IAM's service prefix of a JSON target prefix ("SageMaker" -> "sagemaker")."""
@@ -273,134 +241,8 @@ class AccessGuard:
                 self._services[prefix] = name
         return name
 
-    # -- authentication --------------------------------------------------------------------
-    def _authenticate(self, scope: Scope, call: _Call) -> SignedRequest:
-        raw_query = scope.get("query_string", b"").decode("latin-1")
-        query = parse_qsl(raw_query, keep_blank_values=True) if raw_query else []
-        signed = read_signature(call.headers or scope["headers"], query)
-        if signed is None:
-            if call.kind == "s3":
-                raise _refusal("AccessDeniedException", "Access Denied", "AccessDenied")
-            raise _refusal(
-                "MissingAuthenticationTokenException",
-                "Missing Authentication Token",
-                "AccessDenied",
-            )
-        call.access_key = signed.credential.access_key
-        found = self.identities.credentials(signed.credential.access_key, signed.security_token)
-        if found is None:
-            raise unknown_key()
-        secret, principal = found
-        call.principal = principal
-        now = time.time()
-        self.verifier.check_time(signed, now)
-        raw = scope.get("raw_path")
-        if raw == b"/":  # the JSON and query protocols' only path
-            raw_path = "/"
-        else:
-            raw_path = (raw or quote(scope["path"]).encode()).decode("latin-1").split("?", 1)[0]
-        if call.body is not None and call.kind != "s3":
-            digest = hashlib.sha256(call.body).hexdigest()
-            claimed = signed.payload_hash
-            if claimed is not None and claimed != UNSIGNED_PAYLOAD and claimed != digest:
-                raise _refusal(
-                    "InvalidSignatureException",
-                    "The provided 'x-amz-content-sha256' header does not match what was computed.",
-                    "XAmzContentSHA256Mismatch",
-                    400,
-                )
-            payload = claimed if claimed is not None else digest
-        else:
-            payload = signed.payload_hash or ""
-            if not payload:
-                raise _refusal(
-                    "InvalidRequest",
-                    "Missing required header for this request: x-amz-content-sha256",
-                    "InvalidRequest",
-                    400,
-                )
-        self.verifier.verify(
-            secret, scope["method"], raw_path, raw_query, scope["headers"], signed, payload,
-            call.headers,
-        )  # fmt: skip
-        self._classify_reads(scope, call)
-        if not call.read_only and not signed.presigned and call.kind != "s3":
-            self._check_replay(signed.signature)
-        call.secret = secret
-        return signed
-
-    def _accept_botocore(self, scope: Scope, call: _Call) -> SignedRequest | None:
-        """`_authenticate` in one pass for what nearly every JSON call is: botocore's signed
-        `POST /` with no query string or `x-amz-content-sha256`. It only accepts: on anything
-        else, or a signature that does not hold, None leaves the request to `_authenticate`,
-        which also gives every refusal (and in the same order: unknown key, clock, signature)."""
-        headers = call.headers
-        if (
-            headers is None
-            or call.body is None
-            or scope["method"] != "POST"
-            or scope.get("raw_path") != b"/"
-            or scope.get("query_string")
-            or len(headers) != len(scope["headers"])  # a header sent twice
-            or b"x-amz-content-sha256" in headers
-        ):
-            return None
-        authorization = headers.get(b"authorization")
-        amz_date = headers.get(b"x-amz-date")
-        if authorization is None or amz_date is None or not AMZ_DATE_BYTES.fullmatch(amz_date):
-            return None
-        head = botocore_head(authorization[:-64])
-        if head is None:
-            return None
-        token = headers.get(b"x-amz-security-token")
-        token_text = None if token is None else token.decode("latin-1")
-        found = self.identities.credentials(head.credential.access_key, token_text)
-        if found is None:
-            return None
-        secret, principal = found
-        date = amz_date.decode("latin-1")
-        signature = authorization[-64:]
-        signed = SignedRequest(head.credential, date, head.signed_headers,
-                               signature.decode("latin-1"), False, None, token_text)  # fmt: skip
-        self.verifier.check_time(signed, time.time())  # refuses as _authenticate would
-        payload = hashlib.sha256(call.body).hexdigest()
-        if not self.verifier.accepts_botocore_post(
-            secret, head, headers, amz_date, signature, payload
-        ):
-            return None
-        call.access_key, call.principal, call.secret = head.credential.access_key, principal, secret
-        self._classify_reads(scope, call)
-        if not call.read_only:
-            self._check_replay(signed.signature)
-        return signed
-
-    def _classify_reads(self, scope: Scope, call: _Call) -> None:
-        if call.kind in ("json", "rest", "query"):
-            call.read_only = access_map.is_read_only(call.operation)
-        elif call.kind == "runtime":
-            call.read_only = True  # invocations are the hot path, never audited on success
-        else:
-            call.read_only = scope["method"] in ("GET", "HEAD")
-
-    def _check_replay(self, signature: str) -> None:
-        """Refuse a byte-identical copy of a mutating request that already succeeded.
-
-        Only successes count: a client that repeats a refused call once it has fixed the cause
-        (a `DeleteUser` after deleting the user's keys, in the same second) signs the same bytes.
-        """
-        now = time.time()
-        if len(self._seen) > 100_000:
-            self._seen = {s: t for s, t in self._seen.items() if t > now}
-        expiry = self._seen.get(signature)
-        if expiry is not None and expiry > now:
-            raise _refusal(
-                "InvalidSignatureException",
-                "Signature already used: a signed request that changes state is accepted once.",
-                "AccessDenied",
-            )
-
     # -- authorization ---------------------------------------------------------------------
-    def _authorize(self, scope: Scope, call: _Call) -> None:
+    def _authorize(self, scope: Scope, call: Call) -> None:
         principal = call.principal
         assert principal is not None
         contextual = principal.contextual
@@ -409,7 +251,7 @@ class AccessGuard:
         call.access = access
         for action, resource in access:
             if action == "iam:PassRole" and not self._assumable(resource):
-                raise _refusal(
+                raise refusal(
                     "ValidationException",
                     f"Could not assume role {resource}. Please ensure that the role exists and "
                     "allows principal 'sagemaker.amazonaws.com' to assume the role.",
@@ -433,7 +275,7 @@ class AccessGuard:
                 how = (
                     "an explicit deny" if decision != "ImplicitDeny" else "no identity-based policy"
                 )
-                raise _refusal(
+                raise refusal(
                     "AccessDeniedException",
                     f"User: {principal.arn} is not authorized to perform: {action} on resource: "
                     f"{resource} because {how} allows it"
@@ -446,7 +288,7 @@ class AccessGuard:
     def _evaluate(
         self,
         scope: Scope,
-        call: _Call,
+        call: Call,
         context_values: dict[str, list[str]],
         action: str,
         resource: str,
@@ -507,7 +349,7 @@ class AccessGuard:
         return values
 
     def _access(
-        self, scope: Scope, call: _Call, context: dict[str, list[str]]
+        self, scope: Scope, call: Call, context: dict[str, list[str]]
     ) -> list[tuple[str, str]]:
         if call.kind == "json":
             params = call.params = _json_params(call.body)
@@ -561,14 +403,14 @@ class AccessGuard:
         return "*"
 
     def _s3_access(
-        self, scope: Scope, call: _Call, context: dict[str, list[str]]
+        self, scope: Scope, call: Call, context: dict[str, list[str]]
     ) -> list[tuple[str, str]]:
         access = access_s3.s3_access(scope, call.body, self.suffixes, context)
         call.operation = access[0][0].partition(":")[2]
         return access
 
-    def _checked_body(self, call: _Call, signed: SignedRequest, receive: Receive) -> Receive:
-        return access_s3.checked_body(self.verifier, call.secret, signed, receive)
+    def _checked_body(self, call: Call, signed: SignedRequest, receive: Receive) -> Receive:
+        return access_s3.checked_body(self.signatures.verifier, call.secret, signed, receive)
 
     async def _credentials(self, scope: Scope, receive: Receive, send: Send) -> None:
         """botocore's container credentials endpoint: the grant in `Authorization` buys the
@@ -611,8 +453,8 @@ class AccessGuard:
         AccessDeniedException's words); the function returned records a mutating call's
         outcome ("Success" or its error code) in the audit trail."""
         body = orjson.dumps(params, default=str)
-        call = _Call(kind, service, operation, body, dict(params), principal=principal)
-        self._classify_reads(scope, call)
+        call = Call(kind, service, operation, body, dict(params), principal=principal)
+        classify_reads(scope, call)
         try:
             self._authorize(scope, call)
         except SignatureRefused as error:
@@ -626,7 +468,7 @@ class AccessGuard:
         return outcome
 
     # -- answers ---------------------------------------------------------------------------
-    def _refuse(self, call: _Call, error: SignatureRefused) -> Response:
+    def _refuse(self, call: Call, error: SignatureRefused) -> Response:
         request_id = new_request_id()
         if call.kind == "s3":
             s3_error = S3Error(error.s3_code, error.message)
@@ -659,7 +501,7 @@ class AccessGuard:
             headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": error.code},
         )
 
-    def _record(self, scope: Scope, call: _Call, outcome: str, message: str = "") -> None:
+    def _record(self, scope: Scope, call: Call, outcome: str, message: str = "") -> None:
         principal = call.principal
         client = scope.get("client") or ("", 0)
         service = call.service or {"query": "iam", "s3": "s3", "runtime": "sagemaker"}.get(
@@ -683,7 +525,7 @@ class AccessGuard:
 
 
 def _too_large(limit: int) -> SignatureRefused:
-    return _refusal(
+    return refusal(
         "ValidationException",
         f"The request body exceeds the limit of {limit} bytes.",
         "EntityTooLarge",
