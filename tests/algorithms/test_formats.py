@@ -38,3 +38,27 @@ CASES = {
 def test_float_lines_are_pythons_text_byte_for_byte(name: str) -> None:
     values = CASES[name]
     assert float_lines(values) == python_lines(values)
+
+
+def test_large_csv_bodies_parse_as_loadtxt_parses_them() -> None:
+    """Past BULK_CSV_BYTES pandas' reader parses; where it would read a cell differently (an
+    empty or ragged one becomes NaN there) np.loadtxt decides, with its error."""
+    import io
+
+    from salvia.algorithms.base import AlgorithmError
+    from salvia.algorithms.formats import BULK_CSV_BYTES, decode_rows
+
+    rows = RNG.normal(size=(4_000, 6))
+    buffer = io.StringIO()
+    np.savetxt(buffer, rows, delimiter=",", fmt="%.17g")
+    body = buffer.getvalue().encode()
+    assert len(body) > BULK_CSV_BYTES
+    parsed = decode_rows(body, "text/csv")
+    expected = np.loadtxt(io.StringIO(body.decode()), delimiter=",", ndmin=2)
+    np.testing.assert_array_equal(parsed, expected)
+    np.testing.assert_array_equal(decode_rows(body.decode(), "text/csv"), expected)
+    lines = body.decode().splitlines()
+    for broken in ("1,,3,4,5,6", "1,2,3"):
+        lines[1234] = broken
+        with pytest.raises(AlgorithmError, match="not valid text/csv"):
+            decode_rows("\n".join(lines).encode(), "text/csv")

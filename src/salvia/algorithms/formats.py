@@ -37,9 +37,34 @@ def _rows_from_json(item: Any) -> list[Any]:
     raise AlgorithmError("JSON instances must be objects with 'features' or lists of numbers.")
 
 
+# Above this size (a batch transform's payloads), CSV rows are parsed by pandas' C reader, some
+# twenty times faster than `np.loadtxt`.
+BULK_CSV_BYTES = 64 * 1024
+
+
+def _bulk_csv(body: bytes | str) -> np.ndarray | None:
+    """The rows of a large CSV body, or None where `np.loadtxt` must decide: an empty or
+    ragged cell (pandas would make it NaN where loadtxt refuses it), or no pandas."""
+    try:
+        import pandas as pd
+    except ImportError:
+        return None
+    source = io.BytesIO(body) if isinstance(body, bytes) else io.StringIO(body)
+    try:
+        frame = pd.read_csv(source, header=None, dtype=np.float64, engine="c")
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    rows = frame.to_numpy()
+    return None if np.isnan(rows).any() else rows
+
+
 def decode_rows(body: bytes | str, content_type: str | None) -> np.ndarray:
     """The request's feature rows as a 2-D float array."""
     kind = _base(content_type, CSV)
+    if kind == CSV and len(body) > BULK_CSV_BYTES:
+        parsed = _bulk_csv(body)
+        if parsed is not None:
+            return parsed
     text = body.decode("utf-8") if isinstance(body, bytes) and kind != RECORDIO else body
     try:
         if kind == CSV:
