@@ -7,6 +7,7 @@ import http.client
 import json
 import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -351,3 +352,32 @@ def test_the_lock_counts_within_its_window_and_ends() -> None:
     for _ in range(LOCK_AFTER_USER - 1):
         lockouts.failed(keys)
     assert lockouts.locked(keys) == 0
+
+
+def test_a_session_outlives_a_restart_of_the_server_and_ends_at_sign_out(
+    tmp_path: Path,
+) -> None:
+    server = SalviaServer(tmp_path, env={"SALVIA_AUTH_MODE": "iam"}).start()
+    try:
+        server.credentials = server.admin_credentials()
+        iam = server.client("iam")
+        name = unique("kept")
+        iam.create_user(UserName=name)
+        iam.create_login_profile(UserName=name, Password=PASSWORD)
+        client = Browserless(server.url)
+        client.send("GET", "/studio/sign-in")
+        fields = {"user": name, "password": PASSWORD, "csrf": client.cookies[FORM_COOKIE],
+                  "next": "/studio/home"}  # fmt: skip
+        assert client.form("/studio/sign-in", fields).status == 303
+        server.restart()
+        home = client.send("GET", "/studio/home")
+        assert home.status == 200 and name in home.text
+        marker = 'name="csrf-token" content="'
+        start = home.text.index(marker) + len(marker)
+        csrf = home.text[start : home.text.index('"', start)]
+        session = client.cookies[COOKIE]
+        assert client.form("/studio/sign-out", {"csrf": csrf}).status == 303
+        again = Browserless(server.url, {COOKIE: session}).send("GET", "/studio/home")
+        assert again.status == 303  # that session is over, in the store too
+    finally:
+        server.stop()

@@ -2,11 +2,11 @@
 
 A signed-in browser holds a random session id in a cookie (HttpOnly, SameSite=Strict, Secure
 when served over https, scoped to /studio); the server keeps only its SHA-256 with the user's
-name, a CSRF token and the end of the session. Every form post carries that token (a hidden
-field, or the `X-CSRF-Token` header for the page's scripts) and is refused without it; the
-sign-in form, which comes before any session, carries a token of its own that must match a
-cookie set with the form. While a page is served, `signed_in` names its user, so every API call
-the page makes is authorized as that user (see `StudioApi`).
+name, a CSRF token and the end of the session, in the metadata store. Every form post carries
+that token (a hidden field, or the `X-CSRF-Token` header for the page's scripts) and is refused
+without it; the sign-in form, which comes before any session, carries a token of its own that
+must match a cookie set with the form. While a page is served, `signed_in` names its user, so
+every API call the page makes is authorized as that user (see `StudioApi`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from salvia.api.asgi import replay_body
 from salvia.iam import AuditEvent, AuditTrail, IdentityStore, Principal
 from salvia.iam.logins import LoginProfiles
+from salvia.store.metadata import ListQuery, Record
 from salvia.ui.api import Caller, signed_in
 from salvia.ui.pages import CSRF_FIELD, FORM_LIMIT, PREFIX, Pages
 
 SESSION_SECONDS = 12 * 3600  # as long as an AWS console session
+SESSION_KIND = "studio-session"
 COOKIE = "salvia-studio"
 FORM_COOKIE = "salvia-studio-sign-in"  # the sign-in form's own token (double submit)
 CSRF_HEADER = b"x-csrf-token"
@@ -53,48 +55,66 @@ def _digest(session_id: str) -> str:
 
 
 class Sessions:
-    """Signed-in browsers, kept in memory (a restart signs everyone out). Thread-safe."""
+    """Signed-in browsers, kept in the metadata store (a restart of the server, or another
+    server process on the same database, knows them; only the id's SHA-256 is stored), with
+    each session's principal cached here until an IAM change. Thread-safe."""
 
     def __init__(self, identities: IdentityStore, seconds: float = SESSION_SECONDS) -> None:
         self.identities = identities
+        self.store = identities.store
         self.seconds = seconds
-        self._lock = threading.Lock()
-        self._sessions: dict[str, Session] = {}
-        identities.on_change(self._renew_principals)
+        self._principals: dict[str, Principal] = {}  # session key -> the user's principal
+        self._next_prune = 0.0
+        identities.on_change(self._principals.clear)
 
     def start(self, user: str) -> tuple[str, Session]:
         session_id = secrets.token_urlsafe(32)
-        session = Session(user, secrets.token_urlsafe(32), time.time() + self.seconds)
-        with self._lock:
-            now = time.time()
-            self._sessions = {k: s for k, s in self._sessions.items() if s.expires > now}
-            self._sessions[_digest(session_id)] = session
+        now = time.time()
+        session = Session(user, secrets.token_urlsafe(32), now + self.seconds)
+        key = _digest(session_id)
+        self.store.create(
+            Record(kind=SESSION_KIND, name=key, arn=f"salvia:studio-session/{key}",
+                   creation_time=now, last_modified_time=now, parent=user.lower(),
+                   body={"User": user, "Csrf": session.csrf, "Expires": session.expires})
+        )  # fmt: skip
+        self._prune(now)
         return session_id, session
 
     def find(self, session_id: str) -> tuple[Session, Principal] | None:
         """The live session of a cookie's id and its user's principal of now."""
         key = _digest(session_id)
-        session = self._sessions.get(key)
-        if session is None:
+        record = self.store.get(SESSION_KIND, key)
+        if record is None:
+            self._principals.pop(key, None)
             return None
+        body = record.body
+        session = Session(str(body["User"]), str(body["Csrf"]), float(body["Expires"]))
         if session.expires <= time.time():
             self.end(session_id)
             return None
-        principal = session.principal
+        principal = self._principals.get(key)
         if principal is None:
-            principal = session.principal = self.identities.user_principal(session.user)
+            principal = self.identities.user_principal(session.user)
             if principal is None:  # the user was deleted
                 self.end(session_id)
                 return None
+            self._principals[key] = principal
+        session.principal = principal
         return session, principal
 
     def end(self, session_id: str) -> None:
-        with self._lock:
-            self._sessions.pop(_digest(session_id), None)
+        key = _digest(session_id)
+        self._principals.pop(key, None)
+        self.store.delete(SESSION_KIND, key)
 
-    def _renew_principals(self) -> None:
-        for session in list(self._sessions.values()):
-            session.principal = None
+    def _prune(self, now: float) -> None:
+        """Sessions past their end go, at most once a minute (each is refused anyway)."""
+        if now < self._next_prune:
+            return
+        self._next_prune = now + 60
+        query = ListQuery(kind=SESSION_KIND, created_before=now - self.seconds, limit=500)
+        for record in self.store.list_records(query).records:
+            self.store.delete(SESSION_KIND, record.name)
 
 
 # Guessing a password by trying is cut short: this many failed sign-ins of one user name (or
