@@ -12,7 +12,8 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from salvia.api.auth import SignatureRefused, SigV4Verifier, botocore_head, read_signature
+from salvia.api.auth import SigV4Verifier, botocore_head
+from salvia.api.sigv4_claims import SignatureRefused, read_signature
 
 KEY, SECRET = "AKIAEXAMPLE000000000", "secret/with+chars=="
 CREDENTIALS = Credentials(KEY, SECRET)

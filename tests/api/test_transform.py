@@ -260,6 +260,28 @@ def test_whole_objects_and_single_records(server: SalviaServer, trained: dict[st
         np.testing.assert_allclose(scores(body), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_an_output_bucket_that_does_not_exist_fails_the_job_with_the_reason(
+    server: SalviaServer, trained: dict[str, Any]
+) -> None:
+    sm, s3, bucket = server.client(), server.client("s3"), trained["bucket"]
+    s3.put_object(Bucket=bucket, Key="nowhere/input.csv", Body=features_csv(generated(20, 32)[0]))
+    missing = unique("no-such-bucket")
+    name = unique("nowhere")
+    sm.create_transform_job(
+        TransformJobName=name,
+        ModelName=trained["model"],
+        TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                        "S3Uri": f"s3://{bucket}/nowhere/"}},
+                        "ContentType": "text/csv", "SplitType": "Line"},
+        TransformOutput={"S3OutputPath": f"s3://{missing}/out"},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+    )  # fmt: skip
+    job = wait(sm, name)
+    assert job["TransformJobStatus"] == "Failed"
+    reason = job["FailureReason"]
+    assert reason.startswith("ClientError: Cannot write s3://") and missing in reason, reason
+
+
 def test_a_stopped_job_writes_no_output(server: SalviaServer, trained: dict[str, Any]) -> None:
     sm, s3, bucket = server.client(), server.client("s3"), trained["bucket"]
     s3.put_object(Bucket=bucket, Key="stop/input.csv", Body=features_csv(generated(50, 31)[0]))

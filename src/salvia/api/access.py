@@ -24,13 +24,10 @@ from salvia.api import access_map, access_s3
 from salvia.api import s3_xml as xml
 from salvia.api.access_signatures import Call, Signatures, classify_reads, refusal
 from salvia.api.asgi import replay_body
-from salvia.api.auth import (
-    SignatureRefused,
-    SignedRequest,
-)
 from salvia.api.errors import new_request_id
 from salvia.api.json_protocol import PARSED_PARAMS
 from salvia.api.s3_xml import S3Error
+from salvia.api.sigv4_claims import SignatureRefused, SignedRequest
 from salvia.config import Settings
 from salvia.errors import IncompleteSignature
 from salvia.iam import (

@@ -11,9 +11,10 @@ from typing import Any
 
 from salvia.api import access_map
 from salvia.api import s3_xml as xml
-from salvia.api.auth import EMPTY_SHA256, STREAMING_PAYLOAD, SignedRequest, SigV4Verifier
+from salvia.api.auth import EMPTY_SHA256, STREAMING_PAYLOAD, SigV4Verifier
 from salvia.api.s3_request import S3Request
 from salvia.api.s3_xml import S3Error
+from salvia.api.sigv4_claims import SignedRequest
 
 Receive = Callable[[], Awaitable[Any]]
 _HEX64 = frozenset("0123456789abcdef")

@@ -13,13 +13,12 @@ from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from salvia.api import access_map
-from salvia.api.auth import (
+from salvia.api.auth import SigV4Verifier, botocore_head
+from salvia.api.sigv4_claims import (
     AMZ_DATE_BYTES,
     UNSIGNED_PAYLOAD,
     SignatureRefused,
     SignedRequest,
-    SigV4Verifier,
-    botocore_head,
     read_signature,
     unknown_key,
 )

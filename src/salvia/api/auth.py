@@ -1,67 +1,39 @@
-"""SigV4: `Authorization` headers parsed, and requests verified the way botocore signs them.
+"""SigV4 verification: a request's claimed signature (read by `sigv4_claims`) checked the way
+botocore signs.
 
-`parse_authorization` only checks the header's shape (what "open" mode needs). `SigV4Verifier`
-recomputes the signature of a request from its canonical form (method, URI, query, signed headers,
-payload hash), the string to sign and the derived signing key, exactly as botocore's `SigV4Auth`
-(`S3SigV4Auth` for the `s3` signing name: its path is not normalized) and its presigning
-counterparts build them. Derived keys are cached per (secret, date, region, service), so a request
-costs two HMACs and one SHA-256 of the canonical request.
-
-Failures raise `SignatureRefused`, whose `code` is the JSON protocols' wire code and `s3_code` the
-one S3 answers in its XML.
+`SigV4Verifier` recomputes the signature of a request from its canonical form (method, URI,
+query, signed headers, payload hash), the string to sign and the derived signing key, exactly as
+botocore's `SigV4Auth` (`S3SigV4Auth` for the `s3` signing name: its path is not normalized) and
+its presigning counterparts build them. Derived keys are cached per (secret, date, region,
+service), so a request costs two HMACs and one SHA-256 of the canonical request. Failures raise
+`SignatureRefused`.
 """
 
 from __future__ import annotations
 
-import calendar
 import functools
 import hashlib
 import hmac
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from botocore.utils import normalize_url_path
 
-from salvia.errors import IncompleteSignature
+from salvia.api.sigv4_claims import (
+    ALGORITHM,
+    Credential,
+    SignatureRefused,
+    SignedRequest,
+    botocore_head_parts,
+)
 
-ALGORITHM = "AWS4-HMAC-SHA256"
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 STREAMING_PAYLOAD = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # AWS refuses a request whose X-Amz-Date is further than this from its own clock: the limit on
 # how long a captured request can be replayed.
 MAX_SKEW_SECONDS = 5 * 60
-MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
-_SIGNATURE = re.compile(r"[0-9a-f]{64}")
-_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
-AMZ_DATE_BYTES = re.compile(rb"\d{8}T\d{6}Z")
-
-
-class Credential(NamedTuple):
-    access_key: str
-    date: str
-    region: str
-    service: str
-
-
-class SignatureRefused(Exception):
-    """A request whose signature does not hold; codes for the JSON protocols and for S3."""
-
-    def __init__(self, code: str, message: str, s3_code: str, status: int = 403) -> None:
-        super().__init__(message)
-        self.code, self.message, self.s3_code, self.status = code, message, s3_code, status
-
-
-def unknown_key() -> SignatureRefused:
-    return SignatureRefused(
-        "UnrecognizedClientException",
-        "The security token included in the request is invalid.",
-        "InvalidAccessKeyId",
-    )
 
 
 def _mismatch() -> SignatureRefused:
@@ -71,185 +43,6 @@ def _mismatch() -> SignatureRefused:
         "Check your AWS Secret Access Key and signing method. Consult the service documentation "
         "for details.",
         "SignatureDoesNotMatch",
-    )
-
-
-def parse_authorization(header: str | None) -> Credential | None:
-    """The credential scope of a SigV4 header; None for an unsigned request."""
-    if header is None:
-        return None
-    return _parse_header(header)[0]
-
-
-# the shape every botocore-signed header has up to its signature; anything else takes the
-# general path below
-_BOTOCORE_HEAD = re.compile(
-    r"AWS4-HMAC-SHA256 Credential=([^/,\s]+)/(\d{8})/([^/,\s]+)/([^/,\s]+)/aws4_request, "
-    r"SignedHeaders=([^,\s]+), Signature="
-)
-
-
-@functools.lru_cache(maxsize=1024)
-def _botocore_head(head: str) -> tuple[Credential, tuple[str, ...]] | None:
-    """A client's header up to its signature: the same for all its requests of a day."""
-    fast = _BOTOCORE_HEAD.fullmatch(head)
-    if fast is None:
-        return None
-    key, date, region, service, signed = fast.groups()
-    return Credential(key, date, region, service), tuple(signed.split(";"))
-
-
-def _parse_header(header: str) -> tuple[Credential, tuple[str, ...], str]:
-    head, signature = header[:-64], header[-64:]
-    fast = _botocore_head(head) if head.endswith("Signature=") else None
-    if fast is not None and _SIGNATURE.fullmatch(signature):
-        return fast[0], fast[1], signature
-    algorithm, _, rest = header.strip().partition(" ")
-    if algorithm != ALGORITHM:
-        raise IncompleteSignature(
-            f"Unsupported signing algorithm {algorithm[:40]!r}: only {ALGORITHM} is accepted."
-        )
-    params: dict[str, str] = {}
-    for part in rest.split(","):
-        key, sep, value = part.strip().partition("=")
-        if sep:
-            params[key] = value
-    missing = [p for p in ("Credential", "SignedHeaders", "Signature") if not params.get(p)]
-    if missing:
-        needs = " ".join(f"Authorization header requires '{p}' parameter." for p in missing)
-        raise IncompleteSignature(needs)
-    credential = _scope(params["Credential"])
-    signature = params["Signature"]
-    if not _SIGNATURE.fullmatch(signature):
-        raise IncompleteSignature("Signature must be 64 lowercase hexadecimal characters.")
-    return credential, tuple(params["SignedHeaders"].split(";")), signature
-
-
-def _scope(text: str) -> Credential:
-    scope = text.split("/")
-    if len(scope) != 5 or scope[4] != "aws4_request" or not all(scope):
-        raise IncompleteSignature(
-            "Credential should be scoped to a valid region, date, service and 'aws4_request'."
-        )
-    date = scope[1]
-    if len(date) != 8 or not date.isdigit():
-        raise IncompleteSignature(f"Credential date {date[:20]!r} is not in yyyyMMdd form.")
-    return Credential(access_key=scope[0], date=date, region=scope[2], service=scope[3])
-
-
-@dataclass(slots=True)
-class SignedRequest:
-    """What a request claims: who signed, when, over which headers, with which signature."""
-
-    credential: Credential
-    amz_date: str
-    signed_headers: tuple[str, ...]
-    signature: str
-    presigned: bool
-    payload_hash: str | None  # x-amz-content-sha256 when sent (always for S3), else None
-    security_token: str | None
-    expires: int = 0  # presigned URLs: seconds (SigV4) or the epoch second they end (SigV2)
-    version: int = 4  # 2: S3's legacy query-string signature, which boto3 presigns by default
-
-    @property
-    def timestamp(self) -> float:
-        if self.version == 2:
-            return float(self.expires)
-        return _epoch(self.amz_date)
-
-
-@functools.lru_cache(maxsize=256)
-def _epoch(amz_date: str) -> float:
-    """yyyymmddTHHMMSSZ (checked when read) as epoch seconds; a second's requests share it."""
-    d = amz_date
-    fields = (int(d[0:4]), int(d[4:6]), int(d[6:8]), int(d[9:11]), int(d[11:13]), int(d[13:15]))
-    return float(calendar.timegm(fields))
-
-
-def read_signature(
-    headers: Sequence[tuple[bytes, bytes]] | dict[bytes, bytes],
-    query: Sequence[tuple[str, str]],
-) -> SignedRequest | None:
-    """The claimed signature of a request (header or presigned query); None when unsigned.
-    `headers`: the request's list, or that list as a dict already (the last of a repeat).
-
-    Malformed claims raise `IncompleteSignature`."""
-    found = headers if isinstance(headers, dict) else dict(headers)
-    authorization = found.get(b"authorization")
-    if authorization is not None:
-        credential, signed, signature = _parse_header(authorization.decode("latin-1"))
-        amz_date = found.get(b"x-amz-date")
-        date = amz_date.decode("latin-1") if amz_date is not None else None
-        if date is None and b"date" in found:
-            date = _from_http_date(found[b"date"].decode("latin-1"))
-        if date is None or not _AMZ_DATE.fullmatch(date):
-            raise IncompleteSignature(
-                "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' "
-                "header."
-            )
-        content_sha = found.get(b"x-amz-content-sha256")
-        token = found.get(b"x-amz-security-token")
-        return SignedRequest(
-            credential,
-            date,
-            signed,
-            signature,
-            False,
-            None if content_sha is None else content_sha.decode("latin-1"),
-            None if token is None else token.decode("latin-1"),
-        )
-    params = dict(query)
-    if params.get("X-Amz-Algorithm") is None and params.get("X-Amz-Signature") is None:
-        if "AWSAccessKeyId" in params or "Signature" in params:
-            return _legacy_presigned(params)
-        return None
-    if params.get("X-Amz-Algorithm") != ALGORITHM:
-        raise IncompleteSignature(f"X-Amz-Algorithm must be {ALGORITHM}.")
-    missing = [
-        p
-        for p in ("X-Amz-Credential", "X-Amz-Date", "X-Amz-SignedHeaders", "X-Amz-Signature")
-        if not params.get(p)
-    ]
-    if missing:
-        raise IncompleteSignature(f"Query-string authentication requires {', '.join(missing)}.")
-    if not _AMZ_DATE.fullmatch(params["X-Amz-Date"]):
-        raise IncompleteSignature("X-Amz-Date must be in the ISO8601 basic format.")
-    expires = params.get("X-Amz-Expires", "")
-    if not expires.isdigit() or not 0 < int(expires) <= MAX_PRESIGN_EXPIRES:
-        raise IncompleteSignature(
-            f"X-Amz-Expires must be a number of seconds from 1 to {MAX_PRESIGN_EXPIRES}."
-        )
-    if not _SIGNATURE.fullmatch(params["X-Amz-Signature"]):
-        raise IncompleteSignature("Signature must be 64 lowercase hexadecimal characters.")
-    return SignedRequest(
-        _scope(params["X-Amz-Credential"]),
-        params["X-Amz-Date"],
-        tuple(params["X-Amz-SignedHeaders"].split(";")),
-        params["X-Amz-Signature"],
-        True,
-        UNSIGNED_PAYLOAD,
-        params.get("X-Amz-Security-Token"),
-        int(expires),
-    )
-
-
-def _legacy_presigned(params: dict[str, str]) -> SignedRequest:
-    missing = [p for p in ("AWSAccessKeyId", "Signature", "Expires") if not params.get(p)]
-    if missing or not params["Expires"].isdigit():
-        raise IncompleteSignature(
-            "Query-string authentication requires the Signature, Expires and AWSAccessKeyId "
-            "parameters"
-        )
-    return SignedRequest(
-        Credential(params["AWSAccessKeyId"], "", "", "s3"),
-        "",
-        (),
-        params["Signature"],
-        True,
-        UNSIGNED_PAYLOAD,
-        params.get("x-amz-security-token"),
-        int(params["Expires"]),
-        version=2,
     )
 
 
@@ -288,16 +81,6 @@ def legacy_expected(secret: str, method: str, raw_path: str, raw_query: str) -> 
     lines.append(resource)
     digest = hmac.new(secret.encode(), "\n".join(lines).encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
-
-
-def _from_http_date(value: str) -> str | None:
-    import email.utils
-
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return parsed.strftime("%Y%m%dT%H%M%SZ")
 
 
 def _quote_query(text: str) -> str:
@@ -420,7 +203,7 @@ class BotocoreHead:
 def botocore_head(head: bytes) -> BotocoreHead | None:
     """`head`: an `Authorization` header less its 64 signature characters. None unless it has
     botocore's exact shape and signs `host`, each header once."""
-    parsed = _botocore_head(head.decode("latin-1"))
+    parsed = botocore_head_parts(head.decode("latin-1"))
     if parsed is None:
         return None
     credential, signed = parsed

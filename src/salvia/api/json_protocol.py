@@ -11,9 +11,9 @@ from botocore.model import OperationModel, ServiceModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from salvia.api.auth import parse_authorization
 from salvia.api.errors import JSON_CONTENT_TYPE, error_response, new_request_id
 from salvia.api.serialize import shape_output
+from salvia.api.sigv4_claims import parse_authorization
 from salvia.api.validation import RequestValidator
 from salvia.errors import (
     InternalFailure,

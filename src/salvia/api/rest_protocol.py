@@ -18,10 +18,10 @@ from botocore.model import OperationModel, ServiceModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from salvia.api.auth import parse_authorization
 from salvia.api.errors import error_response, new_request_id
 from salvia.api.json_protocol import Runner, parse_json_object, read_body
 from salvia.api.serialize import shape_output
+from salvia.api.sigv4_claims import parse_authorization
 from salvia.api.validation import RequestValidator
 from salvia.errors import InternalFailure, NotImplementedOperation, SalviaError
 from salvia.resources.registry import Handler

@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from salvia.api import eventstream
-from salvia.api.auth import parse_authorization
 from salvia.api.errors import new_request_id
+from salvia.api.sigv4_claims import parse_authorization
 from salvia.config import Settings
 from salvia.errors import SalviaError
 from salvia.serving.async_inference import AsyncInference, AsyncRefused

@@ -34,7 +34,7 @@ from salvia.serving.batch_records import Batch, Processing, RecordError
 from salvia.serving.client import InstanceClient, InstanceUnavailable
 from salvia.serving.engine import DeployFailed, EndpointEngine
 from salvia.store.metadata import ListQuery, Record
-from salvia.store.objects import ObjectReader
+from salvia.store.objects import ObjectReader, ObjectStoreError
 from salvia.store.streams import PartsStream
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,10 @@ class TransformEngine:
         `MaxConcurrentTransforms` in flight; its output is written in order as the answers
         arrive and stored only once all of it is there (a failed job leaves no partial
         output)."""
-        reader = await asyncio.to_thread(self.ctx.objects.open, item.url)
+        try:
+            reader = await asyncio.to_thread(self.ctx.objects.open, item.url)
+        except ObjectStoreError as error:  # gone since it was listed
+            raise TransformFailed(f"ClientError: Cannot read {item.url}: {error}") from None
         sink = PartsStream()
         stored = asyncio.ensure_future(asyncio.to_thread(self.ctx.objects.put_stream, output, sink))
         work = _batches(reader, plan)
@@ -261,6 +264,8 @@ class TransformEngine:
             while (taken := await ready.get()) is not None:
                 if stop.is_set():
                     raise _Stopped()
+                if stored.done():  # the store gave up before the end: the rest is no use
+                    await _written(stored, output)
                 index, batch = taken
                 answers[index] = await self._answer(client, batch, plan, item.url)
                 while written in answers:  # the answers so far, in the input's order
@@ -278,7 +283,7 @@ class TransformEngine:
             except BaseExceptionGroup as failures:
                 raise failures.exceptions[0] from None
             sink.end()
-            await stored
+            await _written(stored, output)
         except BaseException as error:
             sink.fail(error)
             await asyncio.gather(stored, return_exceptions=True)
@@ -345,6 +350,14 @@ class TransformEngine:
             else:
                 parts = half
         return first + 1
+
+
+async def _written(stored: asyncio.Future[Any], output: str) -> None:
+    """The output's store write, its failure (no bucket, say) as the job's reason."""
+    try:
+        await stored
+    except ObjectStoreError as error:
+        raise TransformFailed(f"ClientError: Cannot write {output}: {error}") from None
 
 
 class _LogMirrors:

@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from salvia.api.auth import SignatureRefused
 from salvia.api.json_protocol import JsonProtocol
 from salvia.api.rest_protocol import RestJsonProtocol
+from salvia.api.sigv4_claims import SignatureRefused
 from salvia.errors import SalviaError
 from salvia.iam import Principal, current_principal
 
